@@ -1,0 +1,661 @@
+//! Pure signing: given validated instructions and an issuer, produce a certificate.
+//!
+//! No I/O, no clock, no policy. Callers pass the serial, the validity window and the final names;
+//! the signer builds fresh parameters (nothing from a CSR but its public key), signs, and then
+//! re-parses and verifies its own output before handing it back.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    SubjectPublicKeyInfo as RcgenSpki,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+use zeroize::Zeroizing;
+
+use crate::error::{Classify, ErrorKind};
+use crate::pki::{Fingerprint, Identity, KeyType, Serial};
+
+/// Why signing failed. Every variant is internal: the inputs were validated upstream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// rcgen refused the parameters or failed to sign.
+    #[error("signing failed: {0}")]
+    Sign(#[from] rcgen::Error),
+    /// The issuer certificate is unusable (unparsable, or its validity ends before `not_before`).
+    #[error("issuer unusable: {0}")]
+    Issuer(String),
+    /// The freshly signed certificate failed its own verification.
+    #[error("issued certificate failed self-check: {0}")]
+    SelfCheck(String),
+}
+
+impl Classify for AuthorityError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+/// A CA private key (PKCS#8), with a `Debug` that never prints key bytes.
+pub struct CaKey(KeyPair);
+
+impl CaKey {
+    /// A new ECDSA P-256 key.
+    pub fn generate() -> Result<CaKey, AuthorityError> {
+        Ok(CaKey(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?))
+    }
+
+    /// Loads a PKCS#8 DER key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<CaKey, AuthorityError> {
+        let key = KeyPair::try_from(der).map_err(|_| AuthorityError::Issuer("key does not parse as PKCS#8".into()))?;
+        Ok(CaKey(key))
+    }
+
+    /// The PKCS#8 DER bytes, zeroized when dropped.
+    pub fn pkcs8(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.serialize_der())
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> Vec<u8> {
+        use rcgen::PublicKeyData;
+        self.0.subject_public_key_info()
+    }
+
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CaKey(<redacted>)")
+    }
+}
+
+/// A CA certificate with its key: what signs.
+#[derive(Debug)]
+pub struct Signer {
+    cert_der: Vec<u8>,
+    key: CaKey,
+}
+
+impl Signer {
+    /// Pairs a CA certificate with its key, refusing a key that does not match the certificate.
+    pub fn new(cert_der: Vec<u8>, key: CaKey) -> Result<Signer, AuthorityError> {
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|_| AuthorityError::Issuer("CA certificate does not parse".into()))?;
+        if cert.public_key().raw != key.spki_der().as_slice() {
+            return Err(AuthorityError::Issuer("key does not match the CA certificate".into()));
+        }
+        Ok(Signer { cert_der, key })
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The CA key.
+    pub fn key(&self) -> &CaKey {
+        &self.key
+    }
+
+    fn rcgen_issuer(&self) -> Result<rcgen::Issuer<'static, &KeyPair>, AuthorityError> {
+        Ok(rcgen::Issuer::from_ca_cert_der(
+            &CertificateDer::from(self.cert_der.as_slice()),
+            self.key.key_pair(),
+        )?)
+    }
+
+    fn not_after(&self) -> Result<OffsetDateTime, AuthorityError> {
+        let (_, cert) = X509Certificate::from_der(&self.cert_der)
+            .map_err(|_| AuthorityError::Issuer("CA certificate does not parse".into()))?;
+        Ok(cert.validity().not_after.to_datetime())
+    }
+}
+
+/// Where relying parties fetch revocation information for a leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistributionUrls {
+    /// CRL distribution point URI.
+    pub crl: String,
+    /// OCSP responder URI (Authority Information Access).
+    pub ocsp: String,
+}
+
+/// Everything needed to create a root.
+#[derive(Debug, Clone)]
+pub struct RootSpec<'a> {
+    /// Trust domain named in the subject.
+    pub trust_domain: &'a str,
+    /// Serial of the root.
+    pub serial: &'a Serial,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Everything needed to create an environment intermediate.
+#[derive(Debug, Clone)]
+pub struct IntermediateSpec<'a> {
+    /// Trust domain (the permitted URI host).
+    pub trust_domain: &'a str,
+    /// Environment name.
+    pub env: &'a str,
+    /// Permitted DNS subtrees.
+    pub dns_suffixes: &'a [String],
+    /// Serial of the intermediate.
+    pub serial: &'a Serial,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// Desired end of validity (capped by the root's).
+    pub not_after: OffsetDateTime,
+}
+
+/// Everything needed to sign a leaf.
+#[derive(Debug, Clone)]
+pub struct LeafSpec<'a> {
+    /// Trust domain.
+    pub trust_domain: &'a str,
+    /// The workload identity.
+    pub identity: &'a Identity,
+    /// Final DNS names (already allowed by policy).
+    pub dns: &'a [String],
+    /// Final IP SANs (already allowed by policy).
+    pub ips: &'a [IpAddr],
+    /// The subject's public key (DER SubjectPublicKeyInfo from a validated CSR).
+    pub spki_der: &'a [u8],
+    /// Its type (RSA gets keyEncipherment too).
+    pub key_type: KeyType,
+    /// Unique serial (already reserved in the store).
+    pub serial: &'a Serial,
+    /// Start of validity (callers backdate for clock skew).
+    pub not_before: OffsetDateTime,
+    /// Desired end of validity (capped by the issuer's).
+    pub not_after: OffsetDateTime,
+    /// Revocation URLs, when a public URL is configured.
+    pub urls: Option<&'a DistributionUrls>,
+}
+
+/// A signed, self-checked certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// DER bytes.
+    pub der: Vec<u8>,
+    /// PEM text.
+    pub pem: String,
+    /// Effective start of validity.
+    pub not_before: OffsetDateTime,
+    /// Effective end of validity (after capping).
+    pub not_after: OffsetDateTime,
+    /// SHA-256 of the DER.
+    pub fingerprint: Fingerprint,
+}
+
+fn ca_name(trust_domain: &str, cn: String, ou: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    if let Some(ou) = ou {
+        dn.push(DnType::OrganizationalUnitName, ou);
+    }
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn serial_number(serial: &Serial) -> SerialNumber {
+    SerialNumber::from_slice(serial.as_bytes())
+}
+
+fn issued(der: Vec<u8>) -> Result<Issued, AuthorityError> {
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| AuthorityError::SelfCheck(format!("does not parse: {e}")))?;
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    drop(cert);
+    let pem = pem_encode("CERTIFICATE", &der);
+    let fingerprint = Fingerprint::of(&der);
+    Ok(Issued {
+        der,
+        pem,
+        not_before,
+        not_after,
+        fingerprint,
+    })
+}
+
+/// PEM-encodes DER with the given label (LF line endings).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// Creates a self-signed root: CA:TRUE pathlen 1, keyCertSign + cRLSign.
+pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, AuthorityError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = ca_name(spec.trust_domain, format!("{} Root CA", spec.trust_domain), None);
+    p.serial_number = Some(serial_number(spec.serial));
+    p.not_before = spec.not_before;
+    p.not_after = spec.not_after;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = p.self_signed(key.key_pair())?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, &out.der)?;
+    Ok(out)
+}
+
+/// Creates an environment intermediate signed by `root`: CA:TRUE pathlen 0, keyCertSign + cRLSign
+/// + digitalSignature (to sign OCSP responses itself), and critical name constraints permitting
+/// only the environment's DNS suffixes and SPIFFE URIs of the trust domain.
+pub fn create_intermediate(
+    spec: &IntermediateSpec<'_>,
+    key: &CaKey,
+    root: &Signer,
+) -> Result<Issued, AuthorityError> {
+    let not_after = spec.not_after.min(root.not_after()?);
+    if not_after <= spec.not_before {
+        return Err(AuthorityError::Issuer("root expires before the intermediate would start".into()));
+    }
+    let mut p = CertificateParams::default();
+    p.distinguished_name = ca_name(
+        spec.trust_domain,
+        format!("{} {} Intermediate CA", spec.trust_domain, spec.env),
+        Some(spec.env),
+    );
+    p.serial_number = Some(serial_number(spec.serial));
+    p.not_before = spec.not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p.custom_extensions
+        .push(name_constraints(spec.dns_suffixes, spec.trust_domain));
+    let issuer = root.rcgen_issuer()?;
+    let cert = p.signed_by(key.key_pair(), &issuer)?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, root.cert_der())?;
+    Ok(out)
+}
+
+/// DER of a critical NameConstraints extension. rcgen's own type has no URI subtrees, and the
+/// SPIFFE URI constraint is the point: RFC 5280 matches a URI constraint against the URI's host,
+/// so `example.internal` permits exactly the SPIFFE IDs of that trust domain.
+fn name_constraints(dns_suffixes: &[String], trust_domain: &str) -> CustomExtension {
+    let content = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_tagged_implicit(yasna::Tag::context(0), |w| {
+                w.write_sequence(|w| {
+                    for s in dns_suffixes {
+                        w.next().write_sequence(|w| {
+                            w.next()
+                                .write_tagged_implicit(yasna::Tag::context(2), |w| w.write_ia5_string(s));
+                        });
+                    }
+                    w.next().write_sequence(|w| {
+                        w.next().write_tagged_implicit(yasna::Tag::context(6), |w| {
+                            w.write_ia5_string(trust_domain)
+                        });
+                    });
+                });
+            });
+        });
+    });
+    let mut ext = CustomExtension::from_oid_content(&[2, 5, 29, 30], content);
+    ext.set_criticality(true);
+    ext
+}
+
+/// DER of an Authority Information Access extension naming an OCSP responder.
+fn ocsp_aia(url: &str) -> CustomExtension {
+    let content = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 3, 6, 1, 5, 5, 7, 48, 1]));
+                w.next()
+                    .write_tagged_implicit(yasna::Tag::context(6), |w| w.write_ia5_string(url));
+            });
+        });
+    });
+    CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
+}
+
+/// Signs an end-entity certificate.
+///
+/// 1. Build fresh parameters: CA:FALSE, digitalSignature (+ keyEncipherment for RSA), serverAuth +
+///    clientAuth, SANs = SPIFFE ID + names, AKI/SKI, revocation URLs.
+/// 2. Cap notAfter at the issuer's notAfter.
+/// 3. Sign with the issuer key over the CSR's public key only.
+/// 4. Re-parse the result and verify it chains to the issuer and says what was asked.
+pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, AuthorityError> {
+    let not_after = spec.not_after.min(issuer.not_after()?);
+    if not_after <= spec.not_before {
+        return Err(AuthorityError::Issuer("issuer expires before the certificate would start".into()));
+    }
+    let spiffe_id = spec.identity.spiffe_id(spec.trust_domain);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, spec.trust_domain);
+    dn.push(DnType::OrganizationalUnitName, spec.identity.env.as_str());
+    dn.push(DnType::CommonName, spec.identity.service.as_str());
+    p.distinguished_name = dn;
+    p.serial_number = Some(serial_number(spec.serial));
+    p.not_before = spec.not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if spec.key_type == KeyType::Rsa {
+        p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let mut sans = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
+    for n in spec.dns {
+        sans.push(SanType::DnsName(n.as_str().try_into()?));
+    }
+    for ip in spec.ips {
+        sans.push(SanType::IpAddress(*ip));
+    }
+    p.subject_alt_names = sans;
+    p.use_authority_key_identifier_extension = true;
+    if let Some(urls) = spec.urls {
+        p.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![urls.crl.clone()],
+        }];
+        p.custom_extensions.push(ocsp_aia(&urls.ocsp));
+    }
+    let public_key = RcgenSpki::from_der(spec.spki_der)?;
+    let rcgen_issuer = issuer.rcgen_issuer()?;
+    let cert = p.signed_by(&public_key, &rcgen_issuer)?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, issuer.cert_der())?;
+    check_leaf(&out.der, spec, &spiffe_id)?;
+    Ok(out)
+}
+
+/// Verifies that `cert` names `issuer` as its issuer and carries a valid signature by it.
+pub fn verify_chain(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), AuthorityError> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| AuthorityError::SelfCheck(format!("does not parse: {e}")))?;
+    let (_, issuer) = X509Certificate::from_der(issuer_der)
+        .map_err(|e| AuthorityError::SelfCheck(format!("issuer does not parse: {e}")))?;
+    if cert.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(AuthorityError::SelfCheck("issuer name does not match".into()));
+    }
+    cert.verify_signature(Some(issuer.public_key()))
+        .map_err(|e| AuthorityError::SelfCheck(format!("signature does not verify: {e}")))?;
+    let v = cert.validity();
+    let iv = issuer.validity();
+    if v.not_after.timestamp() > iv.not_after.timestamp() {
+        return Err(AuthorityError::SelfCheck("outlives its issuer".into()));
+    }
+    Ok(())
+}
+
+fn check_leaf(der: &[u8], spec: &LeafSpec<'_>, spiffe_id: &str) -> Result<(), AuthorityError> {
+    let fail = |m: &str| AuthorityError::SelfCheck(m.to_string());
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| fail("does not parse"))?;
+    if Serial::from_bytes(cert.raw_serial()) != *spec.serial {
+        return Err(fail("serial differs from the reserved one"));
+    }
+    if cert.public_key().raw != spec.spki_der {
+        return Err(fail("public key differs from the request's"));
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if !bc.value.ca => {}
+        _ => return Err(fail("not marked CA:FALSE")),
+    }
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("no subjectAltName"))?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for n in &san.value.general_names {
+        match n {
+            GeneralName::URI(u) => uris.push(u.to_string()),
+            GeneralName::DNSName(d) => dns.push(d.to_string()),
+            GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+            _ => return Err(fail("unexpected SAN type")),
+        }
+    }
+    let want_ips: Vec<Vec<u8>> = spec
+        .ips
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        })
+        .collect();
+    if uris != [spiffe_id] || dns != spec.dns || ips != want_ips {
+        return Err(fail("SANs differ from the decision"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use time::Duration;
+
+    pub(crate) struct TestPki {
+        pub root: Signer,
+        pub dev: Signer,
+        pub prod: Signer,
+        pub now: OffsetDateTime,
+    }
+
+    pub(crate) fn serial(n: u8) -> Serial {
+        Serial::from_bytes(&[0x40, n, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
+    }
+
+    pub(crate) fn test_pki() -> TestPki {
+        let now = crate::clock::whole_seconds(OffsetDateTime::now_utc());
+        let root_key = CaKey::generate().expect("key");
+        let root_cert = create_root(
+            &RootSpec {
+                trust_domain: "example.internal",
+                serial: &serial(1),
+                not_before: now - Duration::minutes(1),
+                not_after: now + Duration::days(3650),
+            },
+            &root_key,
+        )
+        .expect("root");
+        let root = Signer::new(root_cert.der, root_key).expect("root signer");
+        let mk = |env: &str, n: u8| {
+            let key = CaKey::generate().expect("key");
+            let suffixes = vec![format!("{env}.svc.example.internal")];
+            let cert = create_intermediate(
+                &IntermediateSpec {
+                    trust_domain: "example.internal",
+                    env,
+                    dns_suffixes: &suffixes,
+                    serial: &serial(n),
+                    not_before: now - Duration::minutes(1),
+                    not_after: now + Duration::days(365),
+                },
+                &key,
+                &root,
+            )
+            .expect("intermediate");
+            Signer::new(cert.der, key).expect("signer")
+        };
+        let dev = mk("dev", 2);
+        let prod = mk("prod", 3);
+        TestPki { root, dev, prod, now }
+    }
+
+    pub(crate) fn leaf_key(alg: &'static rcgen::SignatureAlgorithm) -> KeyPair {
+        KeyPair::generate_for(alg).expect("key")
+    }
+
+    fn sign(pki: &TestPki, issuer: &Signer, env: &str, dns: &[String], not_after: OffsetDateTime) -> Issued {
+        use rcgen::PublicKeyData;
+        let key = leaf_key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let identity = Identity {
+            env: env.into(),
+            service: "api".into(),
+        };
+        sign_leaf(
+            &LeafSpec {
+                trust_domain: "example.internal",
+                identity: &identity,
+                dns,
+                ips: &[],
+                spki_der: &key.subject_public_key_info(),
+                key_type: KeyType::P256,
+                serial: &serial(9),
+                not_before: pki.now - Duration::minutes(1),
+                not_after,
+                urls: Some(&DistributionUrls {
+                    crl: "http://ca.example.internal/crl/dev.crl".into(),
+                    ocsp: "http://ca.example.internal/ocsp".into(),
+                }),
+            },
+            issuer,
+        )
+        .expect("signed")
+    }
+
+    #[test]
+    fn leaf_has_the_required_profile() {
+        let pki = test_pki();
+        let dns = vec!["api.dev.svc.example.internal".to_string()];
+        let leaf = sign(&pki, &pki.dev, "dev", &dns, pki.now + Duration::hours(1));
+        let (_, cert) = X509Certificate::from_der(&leaf.der).expect("parses");
+        let bc = cert.basic_constraints().expect("ok").expect("present");
+        assert!(!bc.value.ca && bc.critical);
+        let eku = cert.extended_key_usage().expect("ok").expect("present").value;
+        assert!(eku.server_auth && eku.client_auth);
+        let ku = cert.key_usage().expect("ok").expect("present").value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign());
+        let aia = cert
+            .iter_extensions()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.1")
+            .expect("AIA present");
+        assert!(matches!(
+            aia.parsed_extension(),
+            x509_parser::extensions::ParsedExtension::AuthorityInfoAccess(a)
+                if a.accessdescs.iter().any(|d| d.access_location == GeneralName::URI("http://ca.example.internal/ocsp"))
+        ));
+        assert_eq!(Serial::from_bytes(cert.raw_serial()), serial(9));
+        assert_eq!(leaf.not_after, pki.now + Duration::hours(1));
+    }
+
+    #[test]
+    fn not_after_is_capped_by_the_issuer() {
+        let pki = test_pki();
+        let leaf = sign(&pki, &pki.dev, "dev", &[], pki.now + Duration::days(4000));
+        let (_, dev) = X509Certificate::from_der(pki.dev.cert_der()).expect("parses");
+        assert_eq!(leaf.not_after, dev.validity().not_after.to_datetime());
+    }
+
+    #[test]
+    fn signer_refuses_a_key_that_does_not_match() {
+        let pki = test_pki();
+        let other = CaKey::generate().expect("key");
+        assert!(Signer::new(pki.dev.cert_der().to_vec(), other).is_err());
+        assert!(format!("{:?}", pki.dev.key()).contains("redacted"));
+    }
+
+    #[test]
+    fn chain_verification_rejects_the_wrong_issuer() {
+        let pki = test_pki();
+        let leaf = sign(&pki, &pki.dev, "dev", &[], pki.now + Duration::hours(1));
+        assert!(verify_chain(&leaf.der, pki.dev.cert_der()).is_ok());
+        assert!(verify_chain(&leaf.der, pki.prod.cert_der()).is_err());
+        assert!(verify_chain(pki.dev.cert_der(), pki.root.cert_der()).is_ok());
+    }
+
+    fn openssl_verify(dir: &std::path::Path, pki: &TestPki, leaf: &Issued) -> std::process::Output {
+        let write = |name: &str, der: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem_encode("CERTIFICATE", der)).expect("write");
+            p
+        };
+        let root = write("root.pem", pki.root.cert_der());
+        let chain = write("dev.pem", pki.dev.cert_der());
+        let leaf = write("leaf.pem", &leaf.der);
+        std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(root)
+            .arg("-untrusted")
+            .arg(chain)
+            .arg(leaf)
+            .output()
+            .expect("openssl runs (scripts/test.sh installs it)")
+    }
+
+    #[test]
+    fn openssl_accepts_a_dev_leaf() {
+        let pki = test_pki();
+        let tmp = tempfile::tempdir().expect("tmp");
+        for dns in [vec!["api.dev.svc.example.internal".to_string()], vec![]] {
+            let leaf = sign(&pki, &pki.dev, "dev", &dns, pki.now + Duration::hours(1));
+            let out = openssl_verify(tmp.path(), &pki, &leaf);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && stdout.contains("OK"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    #[test]
+    fn openssl_rejects_a_prod_name_forged_with_the_dev_intermediate() {
+        // Bypasses policy on purpose: the name constraints alone must stop this leaf.
+        let pki = test_pki();
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dns = vec!["api.prod.svc.example.internal".to_string()];
+        let forged = sign(&pki, &pki.dev, "dev", &dns, pki.now + Duration::hours(1));
+        let out = openssl_verify(tmp.path(), &pki, &forged);
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "openssl accepted a forged leaf: {all}");
+        assert!(all.contains("permitted subtree violation"), "{all}");
+    }
+
+    #[test]
+    fn openssl_rejects_a_foreign_trust_domain_uri() {
+        let pki = test_pki();
+        let tmp = tempfile::tempdir().expect("tmp");
+        use rcgen::PublicKeyData;
+        let key = leaf_key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let identity = Identity {
+            env: "dev".into(),
+            service: "api".into(),
+        };
+        let forged = sign_leaf(
+            &LeafSpec {
+                trust_domain: "evil.example",
+                identity: &identity,
+                dns: &[],
+                ips: &[],
+                spki_der: &key.subject_public_key_info(),
+                key_type: KeyType::P256,
+                serial: &serial(7),
+                not_before: pki.now - Duration::minutes(1),
+                not_after: pki.now + Duration::hours(1),
+                urls: None,
+            },
+            &pki.dev,
+        )
+        .expect("signed");
+        let out = openssl_verify(tmp.path(), &pki, &forged);
+        assert!(!out.status.success(), "openssl accepted a foreign SPIFFE URI");
+    }
+}

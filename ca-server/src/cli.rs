@@ -1,0 +1,741 @@
+//! The operator CLI: clap commands over the [`crate::service`] use cases. Output is human text,
+//! or JSON with `--json`; errors are one line on stderr and an exit code per error kind.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use rcgen::{CertificateParams, KeyPair};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, SystemClock};
+use crate::duration::HumanDuration;
+use crate::error::{Classify, ErrorKind};
+use crate::files;
+use crate::pki::{Identity, KeyType, Serial};
+use crate::policy::{IssueRequest, Policy};
+use crate::sealed::Passphrase;
+use crate::service::{self, Ca, CaLifetimes, IssueInput, IssueSettings};
+use crate::store::{AuditEntry, CertStatus, CertificateFilter, CertificateRecord, IssuedVia, SqliteStore, Store};
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "ca.db";
+
+/// A private CA: per-environment intermediates, deny-by-default policy, short-lived certificates.
+#[derive(Debug, Parser)]
+#[command(name = "ca-server", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory holding the CA database.
+    #[arg(long, global = true, env = "CA_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Policy file; defaults to the one recorded at `init`.
+    #[arg(long, global = true, env = "CA_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// File holding the passphrase that seals CA keys (or set CA_PASSPHRASE to the passphrase).
+    #[arg(long, global = true, env = "CA_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Base URL where this CA's CRLs and OCSP responder are reachable; put into issued leaves.
+    #[arg(long, global = true, env = "CA_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a CA: root, one intermediate per policy environment, and the database.
+    Init(InitArgs),
+    /// Validate or query the issuance policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Issue a certificate locally (for operators and CI on the CA host).
+    Issue(IssueArgs),
+    /// Inspect issued certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Print the trust bundle of an environment (root, then its intermediate).
+    Bundle(BundleArgs),
+    /// Print the audit log.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Store CA keys unencrypted. Development only; every later command warns.
+    #[arg(long)]
+    insecure_no_passphrase: bool,
+    /// Write the root key to this new file instead of the database (offline root).
+    #[arg(long, value_name = "FILE")]
+    root_key_out: Option<PathBuf>,
+    /// Root validity.
+    #[arg(long, default_value = "10y", value_name = "DURATION")]
+    root_ttl: HumanDuration,
+    /// Intermediate validity (capped by the root's).
+    #[arg(long, default_value = "1y", value_name = "DURATION")]
+    intermediate_ttl: HumanDuration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; errors name the file, the key and the problem.
+    Check,
+    /// Show whether a request would be allowed, with final names and TTL, or the refusing rule.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// Environment.
+    #[arg(long)]
+    env: String,
+    /// Service.
+    #[arg(long)]
+    service: String,
+    /// Requested DNS names.
+    #[arg(long, num_args = 1..)]
+    dns: Vec<String>,
+    /// Requested IP SANs.
+    #[arg(long, num_args = 1..)]
+    ip: Vec<IpAddr>,
+    /// Requested lifetime.
+    #[arg(long)]
+    ttl: Option<HumanDuration>,
+    /// Key type of the request.
+    #[arg(long, default_value = "p256")]
+    key_type: KeyType,
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// Environment.
+    #[arg(long)]
+    env: String,
+    /// Service.
+    #[arg(long)]
+    service: String,
+    /// DNS names (policy decides).
+    #[arg(long, num_args = 1..)]
+    dns: Vec<String>,
+    /// IP SANs (only for services that allow them).
+    #[arg(long, num_args = 1..)]
+    ip: Vec<IpAddr>,
+    /// Lifetime (default: the environment's default TTL).
+    #[arg(long)]
+    ttl: Option<HumanDuration>,
+    /// Certify the key of this CSR instead of generating one (no key.pem is written).
+    #[arg(long, value_name = "FILE")]
+    csr: Option<PathBuf>,
+    /// Type of the generated key.
+    #[arg(long, default_value = "p256", conflicts_with = "csr")]
+    key_type: KeyType,
+    /// Output directory for key.pem, cert.pem, chain.pem and bundle.pem.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// List certificates, newest first.
+    List(ListArgs),
+    /// Show one certificate.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only this environment.
+    #[arg(long)]
+    env: Option<String>,
+    /// Only this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this status: valid, expired or revoked.
+    #[arg(long)]
+    status: Option<CertStatus>,
+    /// Only valid certificates expiring within this duration.
+    #[arg(long, value_name = "DURATION")]
+    expiring_within: Option<HumanDuration>,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Serial number, hex (any case, colons optional).
+    serial: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BundleArgs {
+    /// Environment.
+    #[arg(long)]
+    env: String,
+    /// Write to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Only entries at most this old (e.g. 24h).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<HumanDuration>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A CLI failure: a one-line message and the kind that picks the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl CliError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> CliError {
+        CliError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl<E: Classify + std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        let kind = e.kind();
+        CliError::new(kind, e.to_string())
+    }
+}
+
+type CliResult<T> = Result<T, CliError>;
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> CliError {
+    CliError::new(ErrorKind::BadRequest, format!("{what} {}: {e}", path.display()))
+}
+
+/// Parses arguments, runs the command, prints errors; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(ErrorKind::Internal.exit_code());
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.kind.exit_code())
+        }
+    }
+}
+
+fn actor() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        Ok(user) if !user.is_empty() => format!("cli:{user}"),
+        _ => match fs::metadata("/proc/self") {
+            Ok(m) => format!("cli:uid={}", m.uid()),
+            Err(_) => "cli:unknown".into(),
+        },
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> CliResult<()> {
+    match &cli.command {
+        Command::Init(a) => init(&cli, a).await,
+        Command::Policy(PolicyCommand::Check) => policy_check(&cli).await,
+        Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&cli, a).await,
+        Command::Issue(a) => issue(&cli, a).await,
+        Command::Certs(CertsCommand::List(a)) => certs_list(&cli, a).await,
+        Command::Certs(CertsCommand::Show(a)) => certs_show(&cli, a).await,
+        Command::Bundle(a) => bundle(&cli, a).await,
+        Command::Audit(a) => audit(&cli, a).await,
+    }
+}
+
+fn data_dir(cli: &Cli) -> CliResult<&Path> {
+    cli.data_dir
+        .as_deref()
+        .ok_or_else(|| CliError::new(ErrorKind::BadRequest, "--data-dir (or CA_DATA_DIR) is required"))
+}
+
+fn read_passphrase(cli: &Cli) -> CliResult<Option<Passphrase>> {
+    if let Some(path) = &cli.passphrase_file {
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| io_err("cannot read passphrase file", path, e))?);
+        let p = Passphrase::new(text.to_string());
+        return Ok(Some(p));
+    }
+    match std::env::var("CA_PASSPHRASE") {
+        Ok(v) if !v.is_empty() => Ok(Some(Passphrase::new(v))),
+        _ => Ok(None),
+    }
+}
+
+async fn open_store(dir: &Path) -> CliResult<Arc<SqliteStore>> {
+    let db = dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(CliError::new(
+            ErrorKind::NotFound,
+            format!("no CA in {} (no {DB_FILE}); run `ca-server init` first", dir.display()),
+        ));
+    }
+    Ok(Arc::new(SqliteStore::open(&db, false).await?))
+}
+
+/// Opens the CA of the data directory with the recorded (or overriding) policy.
+async fn open_ca(cli: &Cli) -> CliResult<Ca> {
+    let dir = data_dir(cli)?;
+    let store = open_store(dir).await?;
+    let settings = store
+        .settings()
+        .await?
+        .ok_or_else(|| CliError::new(ErrorKind::NotFound, format!("no CA in {}", dir.display())))?;
+    if !settings.keys_sealed {
+        eprintln!(
+            "warning: CA keys in {} are stored unencrypted (created with --insecure-no-passphrase); development only",
+            dir.display()
+        );
+    }
+    let policy_path = cli.policy.clone().unwrap_or_else(|| PathBuf::from(&settings.policy_path));
+    let policy = Policy::load(&policy_path)?;
+    let issue = IssueSettings {
+        public_url: cli.public_url.clone(),
+        ..IssueSettings::default()
+    };
+    let passphrase = read_passphrase(cli)?;
+    Ok(Ca::open(store, Arc::new(SystemClock), policy, passphrase, issue).await?)
+}
+
+async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
+    let dir = data_dir(cli)?;
+    let policy_path = cli
+        .policy
+        .as_deref()
+        .ok_or_else(|| CliError::new(ErrorKind::BadRequest, "--policy is required for init"))?;
+    let policy_abs = fs::canonicalize(policy_path).map_err(|e| io_err("cannot read policy", policy_path, e))?;
+    let policy = Policy::load(&policy_abs)?;
+    let passphrase = read_passphrase(cli)?;
+    match (&passphrase, a.insecure_no_passphrase) {
+        (Some(_), true) => {
+            return Err(CliError::new(
+                ErrorKind::BadRequest,
+                "--insecure-no-passphrase contradicts the passphrase given (--passphrase-file or CA_PASSPHRASE)",
+            ));
+        }
+        (None, false) => {
+            return Err(CliError::new(
+                ErrorKind::BadRequest,
+                "CA keys must be encrypted: give --passphrase-file FILE or set CA_PASSPHRASE \
+                 (or --insecure-no-passphrase for development)",
+            ));
+        }
+        _ => {}
+    }
+    let db = dir.join(DB_FILE);
+    if db.exists() {
+        return Err(CliError::new(
+            ErrorKind::Conflict,
+            format!("{} already holds a CA ({}); refusing to touch it", dir.display(), db.display()),
+        ));
+    }
+    if let Some(out) = &a.root_key_out
+        && out.exists()
+    {
+        return Err(CliError::new(
+            ErrorKind::Conflict,
+            format!("--root-key-out {} already exists; refusing to overwrite it", out.display()),
+        ));
+    }
+    if a.insecure_no_passphrase {
+        eprintln!("warning: CA keys will be stored unencrypted (--insecure-no-passphrase); development only");
+    }
+
+    let built = service::build_ca(
+        &policy,
+        &policy_abs.to_string_lossy(),
+        passphrase.as_ref(),
+        CaLifetimes {
+            root: a.root_ttl.0,
+            intermediate: a.intermediate_ttl.0,
+        },
+        a.root_key_out.is_some(),
+        SystemClock.now(),
+        &actor(),
+    )?;
+
+    files::ensure_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
+    // Build the database under a temporary name and link it into place only when complete, so a
+    // failure leaves no half-made CA and a concurrent init cannot both succeed.
+    let tmp = dir.join(format!(".{DB_FILE}.init-{}", std::process::id()));
+    let cleanup = |p: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    };
+    cleanup(&tmp);
+    let result = async {
+        files::create_new(&tmp, files::PRIVATE).map_err(|e| io_err("cannot create", &tmp, e))?;
+        let store = SqliteStore::open(&tmp, false).await?;
+        store.initialize(&built.new_ca).await?;
+        store.close().await;
+        if let (Some(out), Some(key)) = (&a.root_key_out, &built.root_key_export) {
+            let mut f = files::create_new(out, files::PRIVATE).map_err(|e| io_err("cannot create", out, e))?;
+            f.write_all(format!("# ca-server offline root key for {}\n{key}\n", policy.trust_domain).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_err("cannot write", out, e))?;
+        }
+        if let Err(e) = fs::hard_link(&tmp, &db) {
+            if let Some(out) = &a.root_key_out {
+                let _ = fs::remove_file(out);
+            }
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CliError::new(ErrorKind::Conflict, format!("{} already holds a CA", dir.display()))
+            } else {
+                io_err("cannot create", &db, e)
+            });
+        }
+        files::sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
+        Ok::<(), CliError>(())
+    }
+    .await;
+    cleanup(&tmp);
+    result?;
+
+    let envs: Vec<&str> = policy.environments.keys().map(String::as_str).collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "data_dir": dir,
+                "trust_domain": policy.trust_domain,
+                "root_fingerprint": built.root_fingerprint.to_hex(),
+                "environments": envs,
+                "keys_sealed": passphrase.is_some(),
+                "root_key_out": a.root_key_out,
+                "root_pem": built.root_pem,
+            })
+        );
+    } else {
+        println!("Created CA for trust domain {} in {}", policy.trust_domain, dir.display());
+        println!("Intermediates: {}", envs.join(", "));
+        if let Some(out) = &a.root_key_out {
+            println!("Root key written to {} (keep it offline)", out.display());
+        }
+        println!("Root SHA-256 fingerprint: {}", built.root_fingerprint);
+    }
+    Ok(())
+}
+
+async fn load_policy_for_cli(cli: &Cli) -> CliResult<Policy> {
+    if let Some(p) = &cli.policy {
+        return Ok(Policy::load(p)?);
+    }
+    if cli.data_dir.is_some() {
+        let store = open_store(data_dir(cli)?).await?;
+        if let Some(s) = store.settings().await? {
+            return Ok(Policy::load(Path::new(&s.policy_path))?);
+        }
+    }
+    Err(CliError::new(
+        ErrorKind::BadRequest,
+        "give --policy FILE (or --data-dir of a CA to use its recorded policy)",
+    ))
+}
+
+async fn policy_check(cli: &Cli) -> CliResult<()> {
+    let p = load_policy_for_cli(cli).await?;
+    println!(
+        "policy OK: trust domain {}; environments: {}; services: {}",
+        p.trust_domain,
+        p.environments.keys().cloned().collect::<Vec<_>>().join(", "),
+        p.services.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+async fn policy_explain(cli: &Cli, a: &ExplainArgs) -> CliResult<()> {
+    let p = load_policy_for_cli(cli).await?;
+    let identity = Identity {
+        env: a.env.clone(),
+        service: a.service.clone(),
+    };
+    let d = p.decide(&IssueRequest {
+        identity: &identity,
+        dns: &a.dns,
+        ips: &a.ip,
+        ttl: a.ttl.map(|t| t.0),
+        key_type: a.key_type,
+    })?;
+    println!("{d}");
+    Ok(())
+}
+
+fn generate_csr(key_type: KeyType) -> CliResult<(Zeroizing<String>, Vec<u8>)> {
+    let alg = match key_type {
+        KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        KeyType::Rsa => {
+            return Err(CliError::new(
+                ErrorKind::BadRequest,
+                "this build cannot generate RSA keys; create one elsewhere and pass its CSR with --csr",
+            ));
+        }
+    };
+    let internal = |e: rcgen::Error| CliError::new(ErrorKind::Internal, format!("key generation failed: {e}"));
+    let key = KeyPair::generate_for(alg).map_err(internal)?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(internal)?;
+    Ok((Zeroizing::new(key.serialize_pem()), csr.into_bytes()))
+}
+
+async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let (key_pem, csr) = match &a.csr {
+        Some(path) => {
+            let meta = fs::metadata(path).map_err(|e| io_err("cannot read CSR", path, e))?;
+            if meta.len() > crate::csr::MAX_CSR_BYTES as u64 {
+                return Err(CliError::new(ErrorKind::BadRequest, "CSR file is too large"));
+            }
+            (None, fs::read(path).map_err(|e| io_err("cannot read CSR", path, e))?)
+        }
+        None => {
+            let (k, c) = generate_csr(a.key_type)?;
+            (Some(k), c)
+        }
+    };
+    // Fail on an unusable output directory before anything is issued.
+    files::check_output_dir(&a.out).map_err(|e| io_err("cannot write to output directory", &a.out, e))?;
+    let out = ca
+        .issue(IssueInput {
+            identity: Identity {
+                env: a.env.clone(),
+                service: a.service.clone(),
+            },
+            dns: a.dns.clone(),
+            ips: a.ip.clone(),
+            ttl: a.ttl.map(|t| t.0),
+            csr,
+            via: IssuedVia::Cli,
+            actor: actor(),
+        })
+        .await?;
+    let serial = out.record.serial.clone();
+    files::ensure_private_dir(&a.out).map_err(|e| {
+        CliError::new(
+            ErrorKind::Internal,
+            format!("certificate {serial} was issued and recorded, but creating {} failed: {e}", a.out.display()),
+        )
+    })?;
+    let write = |name: &str, data: &[u8], mode: u32| {
+        let p = a.out.join(name);
+        files::write_atomic(&p, data, mode).map_err(|e| {
+            CliError::new(
+                ErrorKind::Internal,
+                format!("certificate {serial} was issued and recorded, but writing {} failed: {e}", p.display()),
+            )
+        })
+    };
+    if let Some(k) = &key_pem {
+        write("key.pem", k.as_bytes(), files::PRIVATE)?;
+    }
+    write("cert.pem", out.cert_pem.as_bytes(), files::PUBLIC)?;
+    write("chain.pem", out.chain_pem.as_bytes(), files::PUBLIC)?;
+    write("bundle.pem", out.bundle_pem.as_bytes(), files::PUBLIC)?;
+    let r = &out.record;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "serial": r.serial,
+                "spiffe_id": r.spiffe_id,
+                "dns_names": r.dns_names,
+                "ip_addresses": r.ip_addresses,
+                "not_before": rfc3339(r.not_before),
+                "not_after": rfc3339(r.not_after),
+                "out": a.out,
+                "key_written": key_pem.is_some(),
+            })
+        );
+    } else {
+        println!("serial:    {}", r.serial);
+        println!("identity:  {}", r.spiffe_id);
+        if !r.dns_names.is_empty() {
+            println!("dns:       {}", r.dns_names.join(", "));
+        }
+        if !r.ip_addresses.is_empty() {
+            println!("ip:        {}", r.ip_addresses.join(", "));
+        }
+        println!("not after: {}", rfc3339(r.not_after));
+        println!("written:   {}", a.out.display());
+    }
+    Ok(())
+}
+
+fn cert_json(c: &CertificateRecord, now: i64) -> serde_json::Value {
+    json!({
+        "serial": c.serial,
+        "env": c.env,
+        "service": c.service,
+        "spiffe_id": c.spiffe_id,
+        "dns_names": c.dns_names,
+        "ip_addresses": c.ip_addresses,
+        "status": c.status(now).as_str(),
+        "not_before": rfc3339(c.not_before),
+        "not_after": rfc3339(c.not_after),
+        "key_type": c.key_type,
+        "fingerprint": c.fingerprint,
+        "issuer": c.issuer_id,
+        "issued_via": c.issued_via,
+        "issued_by": c.issued_by,
+        "issued_at": rfc3339(c.created_at),
+        "revoked_at": c.revoked_at.map(rfc3339),
+        "revocation_reason": c.revocation_reason,
+    })
+}
+
+async fn certs_list(cli: &Cli, a: &ListArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let now = ca.now_unix();
+    let mut status = a.status;
+    let not_after_before = a.expiring_within.map(|d| {
+        status.get_or_insert(CertStatus::Valid);
+        now + d.0.whole_seconds()
+    });
+    let certs = ca
+        .list(CertificateFilter {
+            env: a.env.clone(),
+            service: a.service.clone(),
+            status,
+            not_after_before,
+            now,
+            limit: a.limit,
+        })
+        .await?;
+    if a.json {
+        let items: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
+        println!("{}", serde_json::Value::Array(items));
+        return Ok(());
+    }
+    println!("{:<32}  {:<10} {:<16} {:<8} {:<20}  NAMES", "SERIAL", "ENV", "SERVICE", "STATUS", "NOT AFTER");
+    for c in &certs {
+        println!(
+            "{:<32}  {:<10} {:<16} {:<8} {:<20}  {}",
+            c.serial,
+            c.env,
+            c.service,
+            c.status(now).as_str(),
+            rfc3339(c.not_after),
+            c.dns_names.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn certs_show(cli: &Cli, a: &ShowArgs) -> CliResult<()> {
+    let serial: Serial = a.serial.parse().map_err(|e: crate::pki::HexError| CliError::new(ErrorKind::BadRequest, e.to_string()))?;
+    let ca = open_ca(cli).await?;
+    let c = ca.certificate(&serial).await?;
+    let now = ca.now_unix();
+    if a.json {
+        let mut v = cert_json(&c, now);
+        v["pem"] = json!(c.cert_pem);
+        println!("{v}");
+        return Ok(());
+    }
+    let v = cert_json(&c, now);
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let text = match val {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<18} {text}");
+        }
+    }
+    print!("{}", c.cert_pem);
+    Ok(())
+}
+
+async fn bundle(cli: &Cli, a: &BundleArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let pem = ca.bundle(&a.env).await?;
+    match &a.out {
+        Some(p) => files::write_atomic(p, pem.as_bytes(), files::PUBLIC).map_err(|e| io_err("cannot write", p, e))?,
+        None => print!("{pem}"),
+    }
+    Ok(())
+}
+
+fn audit_line(e: &AuditEntry) -> String {
+    format!(
+        "{} {} {} {} {}/{} {}{}",
+        rfc3339(e.at),
+        e.actor,
+        e.action,
+        match e.result {
+            crate::store::AuditResult::Ok => "ok",
+            crate::store::AuditResult::Denied => "denied",
+            crate::store::AuditResult::Error => "error",
+        },
+        e.env.as_deref().unwrap_or("-"),
+        e.service.as_deref().unwrap_or("-"),
+        e.serial.as_deref().map(|s| format!("serial={s} ")).unwrap_or_default(),
+        e.reason.as_deref().unwrap_or(""),
+    )
+}
+
+async fn audit(cli: &Cli, a: &AuditArgs) -> CliResult<()> {
+    let store = open_store(data_dir(cli)?).await?;
+    let since = a
+        .since
+        .map(|d| SystemClock.now().unix_timestamp() - d.0.whole_seconds());
+    for e in store.audit_entries(since, a.limit).await? {
+        if a.json {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["time"] = json!(rfc3339(e.at));
+            println!("{v}");
+        } else {
+            println!("{}", audit_line(&e));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! A conformance suite every [`Store`] backend must pass: call [`run`] on a fresh, empty store.
+//! Panics (with a message naming the broken invariant) on the first failure.
+
+use super::{
+    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus, CertificateFilter,
+    CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+};
+use crate::pki::Serial;
+
+fn authority(id: &str, kind: AuthorityKind, serial: &str) -> AuthorityRecord {
+    AuthorityRecord {
+        id: id.into(),
+        kind,
+        env: (kind == AuthorityKind::Intermediate).then(|| id.to_string()),
+        parent_id: (kind == AuthorityKind::Intermediate).then(|| "root".to_string()),
+        serial: serial.into(),
+        subject: format!("CN={id}"),
+        cert_pem: format!("pem of {id}"),
+        sealed_key: Some(format!("sealed key of {id}")),
+        fingerprint: format!("{serial}{serial}"),
+        not_before: 1_000,
+        not_after: 1_000_000,
+        created_at: 1_000,
+    }
+}
+
+fn audit(action: &str, at: i64, serial: Option<&str>) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at,
+        actor: "cli:tester".into(),
+        action: action.into(),
+        env: Some("dev".into()),
+        service: Some("api".into()),
+        serial: serial.map(str::to_string),
+        result: AuditResult::Ok,
+        reason: None,
+    }
+}
+
+fn cert(serial: &str, env: &str, service: &str, created_at: i64, not_after: i64) -> CertificateRecord {
+    CertificateRecord {
+        serial: serial.into(),
+        issuer_id: env.into(),
+        env: env.into(),
+        service: service.into(),
+        spiffe_id: format!("spiffe://example.internal/{env}/{service}"),
+        dns_names: vec![format!("{service}.{env}.svc.example.internal")],
+        ip_addresses: vec!["10.0.0.1".into()],
+        key_type: "p256".into(),
+        key_fingerprint: format!("key-{serial}"),
+        fingerprint: format!("fp-{serial}"),
+        not_before: created_at - 60,
+        not_after,
+        cert_pem: format!("pem {serial}"),
+        issued_via: IssuedVia::Cli,
+        issued_by: "cli:tester".into(),
+        created_at,
+        revoked_at: None,
+        revocation_reason: None,
+    }
+}
+
+fn serial(s: &str) -> Serial {
+    s.parse().unwrap_or_else(|e| panic!("test serial {s}: {e}"))
+}
+
+/// Runs every check against `store`, which must be empty.
+pub async fn run(store: &dyn Store) {
+    store.ping().await.expect("ping answers");
+    assert_eq!(store.settings().await.expect("settings"), None, "a fresh store has no CA");
+
+    let settings = CaSettings {
+        trust_domain: "example.internal".into(),
+        policy_path: "/etc/ca/policy.toml".into(),
+        keys_sealed: true,
+        root_offline: false,
+        created_at: 1_000,
+    };
+    let ca = NewCa {
+        settings: settings.clone(),
+        authorities: vec![
+            authority("root", AuthorityKind::Root, "01"),
+            authority("dev", AuthorityKind::Intermediate, "02"),
+            authority("prod", AuthorityKind::Intermediate, "03"),
+        ],
+        audit: audit("init", 1_000, None),
+    };
+    store.initialize(&ca).await.expect("initialize");
+    assert_eq!(store.settings().await.expect("settings"), Some(settings));
+    match store.initialize(&ca).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a second initialize must conflict, got {other:?}"),
+    }
+    let auths = store.authorities().await.expect("authorities");
+    let ids: Vec<&str> = auths.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["root", "dev", "prod"], "root first, then intermediates by id");
+    assert_eq!(store.authority("dev").await.expect("dev"), Some(ca.authorities[1].clone()));
+    assert_eq!(store.authority("qa").await.expect("qa"), None);
+
+    // Serials: authority serials count as used; reservation is exclusive.
+    for used in ["01", "02"] {
+        assert!(
+            matches!(store.reserve_serial(&serial(used), 2_000).await, Err(StoreError::Conflict(_))),
+            "serial {used} of an authority must not be reusable"
+        );
+    }
+    store.reserve_serial(&serial("aa01"), 2_000).await.expect("reserve");
+    assert!(matches!(
+        store.reserve_serial(&serial("aa01"), 2_001).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Certificates: only reserved serials; row and audit commit together.
+    let unreserved = cert("bb01", "dev", "api", 2_000, 9_000);
+    assert!(
+        store.insert_certificate(&unreserved, &audit("issue", 2_000, Some("bb01"))).await.is_err(),
+        "a certificate with an unreserved serial must be refused"
+    );
+    assert_eq!(store.certificate(&serial("bb01")).await.expect("get"), None);
+
+    let a = cert("aa01", "dev", "api", 2_000, 9_000);
+    store
+        .insert_certificate(&a, &audit("issue", 2_000, Some("aa01")))
+        .await
+        .expect("insert");
+    assert_eq!(store.certificate(&serial("AA:01")).await.expect("get"), Some(a.clone()));
+    assert!(matches!(
+        store.insert_certificate(&a, &audit("issue", 2_000, Some("aa01"))).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let mut more = Vec::new();
+    for (i, (env, service, not_after)) in
+        [("dev", "web", 3_000), ("prod", "api", 50_000), ("prod", "api", 60_000)].iter().enumerate()
+    {
+        let s = format!("aa1{i}");
+        store.reserve_serial(&serial(&s), 2_100).await.expect("reserve");
+        let c = cert(&s, env, service, 2_100 + i as i64, *not_after);
+        store
+            .insert_certificate(&c, &audit("issue", 2_100, Some(&s)))
+            .await
+            .expect("insert");
+        more.push(c);
+    }
+
+    let list = |f: CertificateFilter| async move {
+        store
+            .list_certificates(&f)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|c| c.serial)
+            .collect::<Vec<_>>()
+    };
+    let now = 5_000;
+    assert_eq!(
+        list(CertificateFilter { now, ..Default::default() }).await,
+        ["aa12", "aa11", "aa10", "aa01"],
+        "newest first"
+    );
+    assert_eq!(
+        list(CertificateFilter { env: Some("prod".into()), now, ..Default::default() }).await,
+        ["aa12", "aa11"]
+    );
+    assert_eq!(
+        list(CertificateFilter { env: Some("dev".into()), service: Some("web".into()), now, ..Default::default() })
+            .await,
+        ["aa10"]
+    );
+    assert_eq!(
+        list(CertificateFilter { status: Some(CertStatus::Expired), now, ..Default::default() }).await,
+        ["aa10"],
+        "not_after 3000 is expired at 5000"
+    );
+    assert_eq!(
+        list(CertificateFilter { status: Some(CertStatus::Valid), now, ..Default::default() }).await,
+        ["aa12", "aa11", "aa01"]
+    );
+    assert!(list(CertificateFilter { status: Some(CertStatus::Revoked), now, ..Default::default() }).await.is_empty());
+    assert_eq!(
+        list(CertificateFilter {
+            status: Some(CertStatus::Valid),
+            not_after_before: Some(now + 50_000),
+            now,
+            ..Default::default()
+        })
+        .await,
+        ["aa11", "aa01"],
+        "expiring within the window"
+    );
+    assert_eq!(list(CertificateFilter { limit: Some(1), now, ..Default::default() }).await, ["aa12"]);
+    assert_eq!(a.status(now), CertStatus::Valid);
+    assert_eq!(more[0].status(now), CertStatus::Expired);
+
+    // Audit: everything above was logged, in order, and `since` filters.
+    store.append_audit(&AuditEntry {
+        result: AuditResult::Denied,
+        reason: Some("denied by policy rule `services.api.dns`".into()),
+        ..audit("issue", 2_500, None)
+    })
+    .await
+    .expect("append");
+    let all = store.audit_entries(None, 1000).await.expect("audit");
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["init", "issue", "issue", "issue", "issue", "issue"]);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert_eq!(all[1].serial.as_deref(), Some("aa01"));
+    let since = store.audit_entries(Some(2_500), 1000).await.expect("audit");
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].result, AuditResult::Denied);
+    assert_eq!(store.audit_entries(None, 2).await.expect("audit").len(), 2);
+}

@@ -1,0 +1,340 @@
+//! Persistence: the only place that speaks SQL, behind the [`Store`] trait.
+//!
+//! Invariants every backend keeps: a serial is reserved before it is signed and never reused; a
+//! certificate row and its audit entry commit together, before the certificate leaves the CA; the
+//! audit log is append-only. [`conformance`] checks them for any backend.
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::{Classify, ErrorKind};
+use crate::pki::Serial;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness rule was hit (CA already initialised, serial already used, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The referenced row does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored value could not be decoded (a corrupted row).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Conflict(_) => ErrorKind::Conflict,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// CA-wide settings fixed at `init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSettings {
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Absolute path of the policy file recorded at init.
+    pub policy_path: String,
+    /// Whether CA keys are sealed with a passphrase.
+    pub keys_sealed: bool,
+    /// Whether the root key was moved out of the store.
+    pub root_offline: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Whether an authority is the root or an environment intermediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityKind {
+    /// The self-signed trust anchor.
+    Root,
+    /// An environment's issuing CA.
+    Intermediate,
+}
+
+impl AuthorityKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthorityKind::Root => "root",
+            AuthorityKind::Intermediate => "intermediate",
+        }
+    }
+}
+
+/// A CA certificate and its (sealed) key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityRecord {
+    /// `root`, or the environment name.
+    pub id: String,
+    /// Root or intermediate.
+    pub kind: AuthorityKind,
+    /// The environment, for intermediates.
+    pub env: Option<String>,
+    /// The issuing authority's id (none for the root).
+    pub parent_id: Option<String>,
+    /// Serial, hex.
+    pub serial: String,
+    /// Subject, as text.
+    pub subject: String,
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Sealed (or, in development mode, plain) key text; `None` when kept offline.
+    pub sealed_key: Option<String>,
+    /// SHA-256 of the certificate DER, hex.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// How a certificate came to be issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuedVia {
+    /// `ca-server issue` on the CA host.
+    Cli,
+    /// First enrollment with a token.
+    Enroll,
+    /// Renewal over mTLS.
+    Renew,
+}
+
+impl IssuedVia {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuedVia::Cli => "cli",
+            IssuedVia::Enroll => "enroll",
+            IssuedVia::Renew => "renew",
+        }
+    }
+
+    fn parse(s: &str) -> Option<IssuedVia> {
+        match s {
+            "cli" => Some(IssuedVia::Cli),
+            "enroll" => Some(IssuedVia::Enroll),
+            "renew" => Some(IssuedVia::Renew),
+            _ => None,
+        }
+    }
+}
+
+/// An issued leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRecord {
+    /// Serial, canonical hex.
+    pub serial: String,
+    /// Issuing authority id (= environment).
+    pub issuer_id: String,
+    /// Environment.
+    pub env: String,
+    /// Service.
+    pub service: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// IP SANs, as text.
+    pub ip_addresses: Vec<String>,
+    /// Key type (`p256`, ...).
+    pub key_type: String,
+    /// SHA-256 of the SubjectPublicKeyInfo, hex.
+    pub key_fingerprint: String,
+    /// SHA-256 of the certificate DER, hex.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// How it was issued.
+    pub issued_via: IssuedVia,
+    /// Who asked (operator, token id, or presented serial).
+    pub issued_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, when revoked.
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 reason name, when revoked.
+    pub revocation_reason: Option<String>,
+}
+
+/// A certificate's status at a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// Within validity and not revoked.
+    Valid,
+    /// Past notAfter (and not revoked).
+    Expired,
+    /// Revoked.
+    Revoked,
+}
+
+impl CertStatus {
+    /// Text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Valid => "valid",
+            CertStatus::Expired => "expired",
+            CertStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::str::FromStr for CertStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "valid" => Ok(CertStatus::Valid),
+            "expired" => Ok(CertStatus::Expired),
+            "revoked" => Ok(CertStatus::Revoked),
+            other => Err(format!("unknown status {other:?} (valid, expired or revoked)")),
+        }
+    }
+}
+
+impl CertificateRecord {
+    /// Status at `now` (Unix seconds).
+    pub fn status(&self, now: i64) -> CertStatus {
+        if self.revoked_at.is_some() {
+            CertStatus::Revoked
+        } else if self.not_after <= now {
+            CertStatus::Expired
+        } else {
+            CertStatus::Valid
+        }
+    }
+}
+
+/// Which certificates to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateFilter {
+    /// Only this environment.
+    pub env: Option<String>,
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this status (at `now`).
+    pub status: Option<CertStatus>,
+    /// Only certificates with notAfter at or before this (Unix seconds).
+    pub not_after_before: Option<i64>,
+    /// Evaluate status at this time (Unix seconds).
+    pub now: i64,
+    /// At most this many, newest first.
+    pub limit: Option<u32>,
+}
+
+/// Outcome recorded in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    /// Done.
+    Ok,
+    /// Refused (policy, authentication, bad input).
+    Denied,
+    /// Failed inside the CA.
+    Error,
+}
+
+impl AuditResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuditResult::Ok => "ok",
+            AuditResult::Denied => "denied",
+            AuditResult::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Option<AuditResult> {
+        match s {
+            "ok" => Some(AuditResult::Ok),
+            "denied" => Some(AuditResult::Denied),
+            "error" => Some(AuditResult::Error),
+            _ => None,
+        }
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Row id (assigned by the store; 0 before insertion).
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who: `cli:<user>`, `token:<id>`, `cert:<serial>`.
+    pub actor: String,
+    /// What: `init`, `issue`, `enroll`, `renew`, `revoke`, ...
+    pub action: String,
+    /// Environment concerned, if any.
+    pub env: Option<String>,
+    /// Service concerned, if any.
+    pub service: Option<String>,
+    /// Certificate concerned, if any.
+    pub serial: Option<String>,
+    /// Outcome.
+    pub result: AuditResult,
+    /// Why (denials and errors), or a short detail.
+    pub reason: Option<String>,
+}
+
+/// Everything `init` writes, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewCa {
+    /// Settings row.
+    pub settings: CaSettings,
+    /// Root first, then intermediates.
+    pub authorities: Vec<AuthorityRecord>,
+    /// The init audit entry.
+    pub audit: AuditEntry,
+}
+
+/// The persistence interface. Implementations must keep the invariants in the module docs.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes settings, authorities and their serials atomically; `Conflict` if a CA exists.
+    async fn initialize(&self, ca: &NewCa) -> Result<(), StoreError>;
+    /// The CA settings, if initialised.
+    async fn settings(&self) -> Result<Option<CaSettings>, StoreError>;
+    /// All authorities, root first.
+    async fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError>;
+    /// One authority by id.
+    async fn authority(&self, id: &str) -> Result<Option<AuthorityRecord>, StoreError>;
+    /// Reserves a serial; `Conflict` if it was ever used.
+    async fn reserve_serial(&self, serial: &Serial, at: i64) -> Result<(), StoreError>;
+    /// Commits a certificate (whose serial is reserved) together with its audit entry.
+    async fn insert_certificate(&self, cert: &CertificateRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// One certificate by serial.
+    async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
+    /// Certificates matching `filter`, newest first.
+    async fn list_certificates(&self, filter: &CertificateFilter) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Appends to the audit log.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries at or after `since` (Unix seconds), oldest first.
+    async fn audit_entries(&self, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
