@@ -11,5 +11,8 @@ struct Cli {}
 
 fn main() {
     let _ = Cli::parse();
-    println!("ca-agent {}: no commands yet; run `ca-agent --help`", env!("CARGO_PKG_VERSION"));
+    println!(
+        "ca-agent {}: no commands yet; run `ca-agent --help`",
+        env!("CARGO_PKG_VERSION")
+    );
 }

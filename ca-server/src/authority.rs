@@ -49,12 +49,15 @@ pub struct CaKey(KeyPair);
 impl CaKey {
     /// A new ECDSA P-256 key.
     pub fn generate() -> Result<CaKey, AuthorityError> {
-        Ok(CaKey(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?))
+        Ok(CaKey(KeyPair::generate_for(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )?))
     }
 
     /// Loads a PKCS#8 DER key.
     pub fn from_pkcs8(der: &[u8]) -> Result<CaKey, AuthorityError> {
-        let key = KeyPair::try_from(der).map_err(|_| AuthorityError::Issuer("key does not parse as PKCS#8".into()))?;
+        let key = KeyPair::try_from(der)
+            .map_err(|_| AuthorityError::Issuer("key does not parse as PKCS#8".into()))?;
         Ok(CaKey(key))
     }
 
@@ -93,7 +96,9 @@ impl Signer {
         let (_, cert) = X509Certificate::from_der(&cert_der)
             .map_err(|_| AuthorityError::Issuer("CA certificate does not parse".into()))?;
         if cert.public_key().raw != key.spki_der().as_slice() {
-            return Err(AuthorityError::Issuer("key does not match the CA certificate".into()));
+            return Err(AuthorityError::Issuer(
+                "key does not match the CA certificate".into(),
+            ));
         }
         Ok(Signer { cert_der, key })
     }
@@ -243,7 +248,11 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 /// Creates a self-signed root: CA:TRUE pathlen 1, keyCertSign + cRLSign.
 pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, AuthorityError> {
     let mut p = CertificateParams::default();
-    p.distinguished_name = ca_name(spec.trust_domain, format!("{} Root CA", spec.trust_domain), None);
+    p.distinguished_name = ca_name(
+        spec.trust_domain,
+        format!("{} Root CA", spec.trust_domain),
+        None,
+    );
     p.serial_number = Some(serial_number(spec.serial));
     p.not_before = spec.not_before;
     p.not_after = spec.not_after;
@@ -255,8 +264,8 @@ pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, Authority
     Ok(out)
 }
 
-/// Creates an environment intermediate signed by `root`: CA:TRUE pathlen 0, keyCertSign + cRLSign
-/// + digitalSignature (to sign OCSP responses itself), and critical name constraints permitting
+/// Creates an environment intermediate signed by `root`: CA:TRUE pathlen 0, keyCertSign, cRLSign
+/// and digitalSignature (to sign OCSP responses itself), and critical name constraints permitting
 /// only the environment's DNS suffixes and SPIFFE URIs of the trust domain.
 pub fn create_intermediate(
     spec: &IntermediateSpec<'_>,
@@ -265,7 +274,9 @@ pub fn create_intermediate(
 ) -> Result<Issued, AuthorityError> {
     let not_after = spec.not_after.min(root.not_after()?);
     if not_after <= spec.not_before {
-        return Err(AuthorityError::Issuer("root expires before the intermediate would start".into()));
+        return Err(AuthorityError::Issuer(
+            "root expires before the intermediate would start".into(),
+        ));
     }
     let mut p = CertificateParams::default();
     p.distinguished_name = ca_name(
@@ -302,8 +313,9 @@ fn name_constraints(dns_suffixes: &[String], trust_domain: &str) -> CustomExtens
                 w.write_sequence(|w| {
                     for s in dns_suffixes {
                         w.next().write_sequence(|w| {
-                            w.next()
-                                .write_tagged_implicit(yasna::Tag::context(2), |w| w.write_ia5_string(s));
+                            w.next().write_tagged_implicit(yasna::Tag::context(2), |w| {
+                                w.write_ia5_string(s)
+                            });
                         });
                     }
                     w.next().write_sequence(|w| {
@@ -326,7 +338,9 @@ fn ocsp_aia(url: &str) -> CustomExtension {
         w.write_sequence(|w| {
             w.next().write_sequence(|w| {
                 w.next()
-                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 3, 6, 1, 5, 5, 7, 48, 1]));
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[
+                        1, 3, 6, 1, 5, 5, 7, 48, 1,
+                    ]));
                 w.next()
                     .write_tagged_implicit(yasna::Tag::context(6), |w| w.write_ia5_string(url));
             });
@@ -345,7 +359,9 @@ fn ocsp_aia(url: &str) -> CustomExtension {
 pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, AuthorityError> {
     let not_after = spec.not_after.min(issuer.not_after()?);
     if not_after <= spec.not_before {
-        return Err(AuthorityError::Issuer("issuer expires before the certificate would start".into()));
+        return Err(AuthorityError::Issuer(
+            "issuer expires before the certificate would start".into(),
+        ));
     }
     let spiffe_id = spec.identity.spiffe_id(spec.trust_domain);
     let mut p = CertificateParams::default();
@@ -362,7 +378,10 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
     if spec.key_type == KeyType::Rsa {
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let mut sans = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
     for n in spec.dns {
         sans.push(SanType::DnsName(n.as_str().try_into()?));
@@ -394,7 +413,9 @@ pub fn verify_chain(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), AuthorityE
     let (_, issuer) = X509Certificate::from_der(issuer_der)
         .map_err(|e| AuthorityError::SelfCheck(format!("issuer does not parse: {e}")))?;
     if cert.issuer().as_raw() != issuer.subject().as_raw() {
-        return Err(AuthorityError::SelfCheck("issuer name does not match".into()));
+        return Err(AuthorityError::SelfCheck(
+            "issuer name does not match".into(),
+        ));
     }
     cert.verify_signature(Some(issuer.public_key()))
         .map_err(|e| AuthorityError::SelfCheck(format!("signature does not verify: {e}")))?;
@@ -499,14 +520,25 @@ pub(crate) mod tests {
         };
         let dev = mk("dev", 2);
         let prod = mk("prod", 3);
-        TestPki { root, dev, prod, now }
+        TestPki {
+            root,
+            dev,
+            prod,
+            now,
+        }
     }
 
     pub(crate) fn leaf_key(alg: &'static rcgen::SignatureAlgorithm) -> KeyPair {
         KeyPair::generate_for(alg).expect("key")
     }
 
-    fn sign(pki: &TestPki, issuer: &Signer, env: &str, dns: &[String], not_after: OffsetDateTime) -> Issued {
+    fn sign(
+        pki: &TestPki,
+        issuer: &Signer,
+        env: &str,
+        dns: &[String],
+        not_after: OffsetDateTime,
+    ) -> Issued {
         use rcgen::PublicKeyData;
         let key = leaf_key(&rcgen::PKCS_ECDSA_P256_SHA256);
         let identity = Identity {
@@ -542,7 +574,11 @@ pub(crate) mod tests {
         let (_, cert) = X509Certificate::from_der(&leaf.der).expect("parses");
         let bc = cert.basic_constraints().expect("ok").expect("present");
         assert!(!bc.value.ca && bc.critical);
-        let eku = cert.extended_key_usage().expect("ok").expect("present").value;
+        let eku = cert
+            .extended_key_usage()
+            .expect("ok")
+            .expect("present")
+            .value;
         assert!(eku.server_auth && eku.client_auth);
         let ku = cert.key_usage().expect("ok").expect("present").value;
         assert!(ku.digital_signature() && !ku.key_cert_sign());
@@ -612,7 +648,11 @@ pub(crate) mod tests {
             let leaf = sign(&pki, &pki.dev, "dev", &dns, pki.now + Duration::hours(1));
             let out = openssl_verify(tmp.path(), &pki, &leaf);
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success() && stdout.contains("OK"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success() && stdout.contains("OK"),
+                "{stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -624,8 +664,15 @@ pub(crate) mod tests {
         let dns = vec!["api.prod.svc.example.internal".to_string()];
         let forged = sign(&pki, &pki.dev, "dev", &dns, pki.now + Duration::hours(1));
         let out = openssl_verify(tmp.path(), &pki, &forged);
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "openssl accepted a forged leaf: {all}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "openssl accepted a forged leaf: {all}"
+        );
         assert!(all.contains("permitted subtree violation"), "{all}");
     }
 
@@ -656,6 +703,9 @@ pub(crate) mod tests {
         )
         .expect("signed");
         let out = openssl_verify(tmp.path(), &pki, &forged);
-        assert!(!out.status.success(), "openssl accepted a foreign SPIFFE URI");
+        assert!(
+            !out.status.success(),
+            "openssl accepted a foreign SPIFFE URI"
+        );
     }
 }

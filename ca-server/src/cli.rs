@@ -23,7 +23,9 @@ use crate::pki::{Identity, KeyType, Serial};
 use crate::policy::{IssueRequest, Policy};
 use crate::sealed::Passphrase;
 use crate::service::{self, Ca, CaLifetimes, IssueInput, IssueSettings};
-use crate::store::{AuditEntry, CertStatus, CertificateFilter, CertificateRecord, IssuedVia, SqliteStore, Store};
+use crate::store::{
+    AuditEntry, CertStatus, CertificateFilter, CertificateRecord, IssuedVia, SqliteStore, Store,
+};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "ca.db";
@@ -234,13 +236,25 @@ impl<E: Classify + std::fmt::Display> From<E> for CliError {
 type CliResult<T> = Result<T, CliError>;
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> CliError {
-    CliError::new(ErrorKind::BadRequest, format!("{what} {}: {e}", path.display()))
+    CliError::new(
+        ErrorKind::BadRequest,
+        format!("{what} {}: {e}", path.display()),
+    )
 }
 
 /// Parses arguments, runs the command, prints errors; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -289,14 +303,19 @@ pub async fn run(cli: Cli) -> CliResult<()> {
 }
 
 fn data_dir(cli: &Cli) -> CliResult<&Path> {
-    cli.data_dir
-        .as_deref()
-        .ok_or_else(|| CliError::new(ErrorKind::BadRequest, "--data-dir (or CA_DATA_DIR) is required"))
+    cli.data_dir.as_deref().ok_or_else(|| {
+        CliError::new(
+            ErrorKind::BadRequest,
+            "--data-dir (or CA_DATA_DIR) is required",
+        )
+    })
 }
 
 fn read_passphrase(cli: &Cli) -> CliResult<Option<Passphrase>> {
     if let Some(path) = &cli.passphrase_file {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| io_err("cannot read passphrase file", path, e))?);
+        let text = Zeroizing::new(
+            fs::read_to_string(path).map_err(|e| io_err("cannot read passphrase file", path, e))?,
+        );
         let p = Passphrase::new(text.to_string());
         return Ok(Some(p));
     }
@@ -311,7 +330,10 @@ async fn open_store(dir: &Path) -> CliResult<Arc<SqliteStore>> {
     if !db.is_file() {
         return Err(CliError::new(
             ErrorKind::NotFound,
-            format!("no CA in {} (no {DB_FILE}); run `ca-server init` first", dir.display()),
+            format!(
+                "no CA in {} (no {DB_FILE}); run `ca-server init` first",
+                dir.display()
+            ),
         ));
     }
     Ok(Arc::new(SqliteStore::open(&db, false).await?))
@@ -331,7 +353,10 @@ async fn open_ca(cli: &Cli) -> CliResult<Ca> {
             dir.display()
         );
     }
-    let policy_path = cli.policy.clone().unwrap_or_else(|| PathBuf::from(&settings.policy_path));
+    let policy_path = cli
+        .policy
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&settings.policy_path));
     let policy = Policy::load(&policy_path)?;
     let issue = IssueSettings {
         public_url: cli.public_url.clone(),
@@ -347,7 +372,8 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
         .policy
         .as_deref()
         .ok_or_else(|| CliError::new(ErrorKind::BadRequest, "--policy is required for init"))?;
-    let policy_abs = fs::canonicalize(policy_path).map_err(|e| io_err("cannot read policy", policy_path, e))?;
+    let policy_abs =
+        fs::canonicalize(policy_path).map_err(|e| io_err("cannot read policy", policy_path, e))?;
     let policy = Policy::load(&policy_abs)?;
     let passphrase = read_passphrase(cli)?;
     match (&passphrase, a.insecure_no_passphrase) {
@@ -370,7 +396,11 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
     if db.exists() {
         return Err(CliError::new(
             ErrorKind::Conflict,
-            format!("{} already holds a CA ({}); refusing to touch it", dir.display(), db.display()),
+            format!(
+                "{} already holds a CA ({}); refusing to touch it",
+                dir.display(),
+                db.display()
+            ),
         ));
     }
     if let Some(out) = &a.root_key_out
@@ -378,11 +408,16 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
     {
         return Err(CliError::new(
             ErrorKind::Conflict,
-            format!("--root-key-out {} already exists; refusing to overwrite it", out.display()),
+            format!(
+                "--root-key-out {} already exists; refusing to overwrite it",
+                out.display()
+            ),
         ));
     }
     if a.insecure_no_passphrase {
-        eprintln!("warning: CA keys will be stored unencrypted (--insecure-no-passphrase); development only");
+        eprintln!(
+            "warning: CA keys will be stored unencrypted (--insecure-no-passphrase); development only"
+        );
     }
 
     let built = service::build_ca(
@@ -414,17 +449,27 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
         store.initialize(&built.new_ca).await?;
         store.close().await;
         if let (Some(out), Some(key)) = (&a.root_key_out, &built.root_key_export) {
-            let mut f = files::create_new(out, files::PRIVATE).map_err(|e| io_err("cannot create", out, e))?;
-            f.write_all(format!("# ca-server offline root key for {}\n{key}\n", policy.trust_domain).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_err("cannot write", out, e))?;
+            let mut f = files::create_new(out, files::PRIVATE)
+                .map_err(|e| io_err("cannot create", out, e))?;
+            f.write_all(
+                format!(
+                    "# ca-server offline root key for {}\n{key}\n",
+                    policy.trust_domain
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot write", out, e))?;
         }
         if let Err(e) = fs::hard_link(&tmp, &db) {
             if let Some(out) = &a.root_key_out {
                 let _ = fs::remove_file(out);
             }
             return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
-                CliError::new(ErrorKind::Conflict, format!("{} already holds a CA", dir.display()))
+                CliError::new(
+                    ErrorKind::Conflict,
+                    format!("{} already holds a CA", dir.display()),
+                )
             } else {
                 io_err("cannot create", &db, e)
             });
@@ -451,7 +496,11 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
             })
         );
     } else {
-        println!("Created CA for trust domain {} in {}", policy.trust_domain, dir.display());
+        println!(
+            "Created CA for trust domain {} in {}",
+            policy.trust_domain,
+            dir.display()
+        );
         println!("Intermediates: {}", envs.join(", "));
         if let Some(out) = &a.root_key_out {
             println!("Root key written to {} (keep it offline)", out.display());
@@ -482,7 +531,11 @@ async fn policy_check(cli: &Cli) -> CliResult<()> {
     println!(
         "policy OK: trust domain {}; environments: {}; services: {}",
         p.trust_domain,
-        p.environments.keys().cloned().collect::<Vec<_>>().join(", "),
+        p.environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         p.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
     Ok(())
@@ -517,7 +570,8 @@ fn generate_csr(key_type: KeyType) -> CliResult<(Zeroizing<String>, Vec<u8>)> {
             ));
         }
     };
-    let internal = |e: rcgen::Error| CliError::new(ErrorKind::Internal, format!("key generation failed: {e}"));
+    let internal =
+        |e: rcgen::Error| CliError::new(ErrorKind::Internal, format!("key generation failed: {e}"));
     let key = KeyPair::generate_for(alg).map_err(internal)?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
@@ -532,9 +586,15 @@ async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
         Some(path) => {
             let meta = fs::metadata(path).map_err(|e| io_err("cannot read CSR", path, e))?;
             if meta.len() > crate::csr::MAX_CSR_BYTES as u64 {
-                return Err(CliError::new(ErrorKind::BadRequest, "CSR file is too large"));
+                return Err(CliError::new(
+                    ErrorKind::BadRequest,
+                    "CSR file is too large",
+                ));
             }
-            (None, fs::read(path).map_err(|e| io_err("cannot read CSR", path, e))?)
+            (
+                None,
+                fs::read(path).map_err(|e| io_err("cannot read CSR", path, e))?,
+            )
         }
         None => {
             let (k, c) = generate_csr(a.key_type)?;
@@ -542,7 +602,8 @@ async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
         }
     };
     // Fail on an unusable output directory before anything is issued.
-    files::check_output_dir(&a.out).map_err(|e| io_err("cannot write to output directory", &a.out, e))?;
+    files::check_output_dir(&a.out)
+        .map_err(|e| io_err("cannot write to output directory", &a.out, e))?;
     let out = ca
         .issue(IssueInput {
             identity: Identity {
@@ -561,7 +622,10 @@ async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
     files::ensure_private_dir(&a.out).map_err(|e| {
         CliError::new(
             ErrorKind::Internal,
-            format!("certificate {serial} was issued and recorded, but creating {} failed: {e}", a.out.display()),
+            format!(
+                "certificate {serial} was issued and recorded, but creating {} failed: {e}",
+                a.out.display()
+            ),
         )
     })?;
     let write = |name: &str, data: &[u8], mode: u32| {
@@ -569,7 +633,10 @@ async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
         files::write_atomic(&p, data, mode).map_err(|e| {
             CliError::new(
                 ErrorKind::Internal,
-                format!("certificate {serial} was issued and recorded, but writing {} failed: {e}", p.display()),
+                format!(
+                    "certificate {serial} was issued and recorded, but writing {} failed: {e}",
+                    p.display()
+                ),
             )
         })
     };
@@ -654,7 +721,10 @@ async fn certs_list(cli: &Cli, a: &ListArgs) -> CliResult<()> {
         println!("{}", serde_json::Value::Array(items));
         return Ok(());
     }
-    println!("{:<32}  {:<10} {:<16} {:<8} {:<20}  NAMES", "SERIAL", "ENV", "SERVICE", "STATUS", "NOT AFTER");
+    println!(
+        "{:<32}  {:<10} {:<16} {:<8} {:<20}  NAMES",
+        "SERIAL", "ENV", "SERVICE", "STATUS", "NOT AFTER"
+    );
     for c in &certs {
         println!(
             "{:<32}  {:<10} {:<16} {:<8} {:<20}  {}",
@@ -670,7 +740,10 @@ async fn certs_list(cli: &Cli, a: &ListArgs) -> CliResult<()> {
 }
 
 async fn certs_show(cli: &Cli, a: &ShowArgs) -> CliResult<()> {
-    let serial: Serial = a.serial.parse().map_err(|e: crate::pki::HexError| CliError::new(ErrorKind::BadRequest, e.to_string()))?;
+    let serial: Serial = a
+        .serial
+        .parse()
+        .map_err(|e: crate::pki::HexError| CliError::new(ErrorKind::BadRequest, e.to_string()))?;
     let ca = open_ca(cli).await?;
     let c = ca.certificate(&serial).await?;
     let now = ca.now_unix();
@@ -699,7 +772,8 @@ async fn bundle(cli: &Cli, a: &BundleArgs) -> CliResult<()> {
     let ca = open_ca(cli).await?;
     let pem = ca.bundle(&a.env).await?;
     match &a.out {
-        Some(p) => files::write_atomic(p, pem.as_bytes(), files::PUBLIC).map_err(|e| io_err("cannot write", p, e))?,
+        Some(p) => files::write_atomic(p, pem.as_bytes(), files::PUBLIC)
+            .map_err(|e| io_err("cannot write", p, e))?,
         None => print!("{pem}"),
     }
     Ok(())
@@ -718,7 +792,10 @@ fn audit_line(e: &AuditEntry) -> String {
         },
         e.env.as_deref().unwrap_or("-"),
         e.service.as_deref().unwrap_or("-"),
-        e.serial.as_deref().map(|s| format!("serial={s} ")).unwrap_or_default(),
+        e.serial
+            .as_deref()
+            .map(|s| format!("serial={s} "))
+            .unwrap_or_default(),
         e.reason.as_deref().unwrap_or(""),
     )
 }

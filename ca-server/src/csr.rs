@@ -39,7 +39,9 @@ pub enum CsrError {
     #[error("CSR signature does not verify against its own public key")]
     BadSignature,
     /// The CSR asks for a CA certificate.
-    #[error("CSR requests CA:TRUE; this CA issues end-entity certificates only and refuses rather than downgrades")]
+    #[error(
+        "CSR requests CA:TRUE; this CA issues end-entity certificates only and refuses rather than downgrades"
+    )]
     RequestsCa,
 }
 
@@ -71,7 +73,10 @@ pub fn validate_csr(input: &[u8]) -> Result<ValidatedCsr, CsrError> {
     let (rest, csr) = X509CertificationRequest::from_der(&der)
         .map_err(|e| CsrError::Malformed(short(&e.to_string())))?;
     if !rest.is_empty() {
-        return Err(CsrError::Malformed(format!("{} trailing bytes after the request", rest.len())));
+        return Err(CsrError::Malformed(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
     }
     let info = &csr.certification_request_info;
     // The key is screened before the signature: a 1024-bit RSA CSR deserves "too weak", not the
@@ -150,7 +155,11 @@ mod tests {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PublicKeyData};
 
     fn csr_pem(params: &CertificateParams, key: &KeyPair) -> String {
-        params.serialize_request(key).expect("csr").pem().expect("pem")
+        params
+            .serialize_request(key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
     }
 
     #[test]
@@ -161,8 +170,9 @@ mod tests {
             (&rcgen::PKCS_ED25519, KeyType::Ed25519),
         ] {
             let key = KeyPair::generate_for(alg).expect("key");
-            let params = CertificateParams::new(vec!["a.example".to_string(), "10.1.2.3".to_string()])
-                .expect("params");
+            let params =
+                CertificateParams::new(vec!["a.example".to_string(), "10.1.2.3".to_string()])
+                    .expect("params");
             let v = validate_csr(csr_pem(&params, &key).as_bytes()).expect("valid");
             assert_eq!(v.key_type, kt);
             assert_eq!(v.requested_dns, ["a.example"]);
@@ -176,7 +186,10 @@ mod tests {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        assert_eq!(validate_csr(csr_pem(&params, &key).as_bytes()), Err(CsrError::RequestsCa));
+        assert_eq!(
+            validate_csr(csr_pem(&params, &key).as_bytes()),
+            Err(CsrError::RequestsCa)
+        );
     }
 
     #[test]
@@ -196,12 +209,21 @@ mod tests {
         let key = KeyPair::generate().expect("key");
         let params = CertificateParams::new(Vec::<String>::new()).expect("params");
         let der = params.serialize_request(&key).expect("csr").der().to_vec();
-        assert!(matches!(validate_csr(&der[..der.len() / 2]), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            validate_csr(&der[..der.len() / 2]),
+            Err(CsrError::Malformed(_))
+        ));
         let pem = csr_pem(&params, &key);
         let cut = &pem[..pem.len() / 2];
-        assert!(matches!(validate_csr(cut.as_bytes()), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            validate_csr(cut.as_bytes()),
+            Err(CsrError::Malformed(_))
+        ));
         let wrong = pem.replace("CERTIFICATE REQUEST", "CERTIFICATE");
-        assert!(matches!(validate_csr(wrong.as_bytes()), Err(CsrError::WrongPemLabel(_))));
+        assert!(matches!(
+            validate_csr(wrong.as_bytes()),
+            Err(CsrError::WrongPemLabel(_))
+        ));
         let big = vec![b'A'; MAX_CSR_BYTES + 1];
         assert_eq!(validate_csr(&big), Err(CsrError::TooLarge));
     }

@@ -97,7 +97,9 @@ mod tests {
     use super::*;
 
     fn secs(s: &str) -> i64 {
-        s.parse::<HumanDuration>().map(|d| d.0.whole_seconds()).unwrap_or(-1)
+        s.parse::<HumanDuration>()
+            .map(|d| d.0.whole_seconds())
+            .unwrap_or(-1)
     }
 
     #[test]
@@ -112,8 +114,21 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "h", "10", "1x", "-5m", "0s", "1h 30", "99999999999999999999s", "1001y"] {
-            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} was accepted");
+        for bad in [
+            "",
+            "h",
+            "10",
+            "1x",
+            "-5m",
+            "0s",
+            "1h 30",
+            "99999999999999999999s",
+            "1001y",
+        ] {
+            assert!(
+                bad.parse::<HumanDuration>().is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 

@@ -15,15 +15,25 @@ pub const PUBLIC: u32 = 0o644;
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a directory")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new().recursive(true).mode(0o700).create(dir),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a directory",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
         Err(e) => Err(e),
     }
 }
 
 /// Creates a new file with `mode`, failing if it exists.
 pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
 }
 
 /// Fsyncs a directory so a rename or creation in it is durable.
@@ -33,11 +43,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces `path` with `data` at `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut f = create_new(&tmp, mode)?;
@@ -76,7 +93,10 @@ pub fn check_output_dir(dir: &Path) -> io::Result<()> {
     }
     let meta = fs::metadata(probe_in)?;
     if meta.permissions().readonly() {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "directory is read-only"));
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "directory is read-only",
+        ));
     }
     Ok(())
 }
@@ -93,7 +113,10 @@ mod tests {
         write_atomic(&p, b"one", PRIVATE).expect("write");
         write_atomic(&p, b"two", PRIVATE).expect("write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
-        assert_eq!(fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
     }
@@ -109,6 +132,9 @@ mod tests {
         check_output_dir(&d).expect("acceptable");
         assert!(!dir.path().join("a").exists());
         ensure_private_dir(&d).expect("created");
-        assert_eq!(fs::metadata(&d).expect("meta").permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&d).expect("meta").permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

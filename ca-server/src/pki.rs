@@ -231,7 +231,9 @@ pub fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, KeyError>
         return match curve {
             Some(c) if c == oid!(1.2.840.10045.3.1.7) => Ok(KeyType::P256),
             Some(c) if c == oid!(1.3.132.0.34) => Ok(KeyType::P384),
-            Some(c) if c == oid!(1.3.132.0.35) => Err(KeyError::Unsupported("EC curve P-521".into())),
+            Some(c) if c == oid!(1.3.132.0.35) => {
+                Err(KeyError::Unsupported("EC curve P-521".into()))
+            }
             Some(c) => Err(KeyError::Unsupported(format!("EC curve {c}"))),
             None => Err(KeyError::Unsupported("EC key without a named curve".into())),
         };
@@ -249,7 +251,9 @@ pub fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, KeyError>
         }
         // ring verifies RSA signatures up to 8192 bits; larger keys could never be checked.
         if bits > 8192 {
-            return Err(KeyError::Unsupported(format!("RSA key of {bits} bits (maximum 8192)")));
+            return Err(KeyError::Unsupported(format!(
+                "RSA key of {bits} bits (maximum 8192)"
+            )));
         }
         return Ok(KeyType::Rsa);
     }
@@ -262,7 +266,10 @@ pub fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, KeyError>
 }
 
 fn modulus_bits(modulus: &[u8]) -> usize {
-    let first = modulus.iter().position(|b| *b != 0).unwrap_or(modulus.len());
+    let first = modulus
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(modulus.len());
     let m = &modulus[first..];
     match m.first() {
         None => 0,
@@ -359,7 +366,10 @@ mod tests {
             None
         );
         assert_eq!(
-            Identity::from_spiffe_id("example.internal", "spiffe://example.internal.evil/prod/api"),
+            Identity::from_spiffe_id(
+                "example.internal",
+                "spiffe://example.internal.evil/prod/api"
+            ),
             None
         );
     }

@@ -342,7 +342,10 @@ impl Policy {
                     check_dns_name(&expanded, true)
                         .map_err(|why| err(k.clone(), format!("{pattern:?} for {env}: {why}")))?;
                     let suffixes = &environments[env].dns_suffixes;
-                    if !suffixes.iter().any(|sfx| pattern_within_suffix(&expanded, sfx)) {
+                    if !suffixes
+                        .iter()
+                        .any(|sfx| pattern_within_suffix(&expanded, sfx))
+                    {
                         return Err(err(
                             k.clone(),
                             format!(
@@ -380,13 +383,20 @@ impl Policy {
         for (i, a) in raw.roles.admins.iter().enumerate() {
             let k = format!("roles.admins[{i}]");
             match Identity::from_spiffe_id(&trust_domain, a) {
-                Some(id) if services.get(&id.service).is_some_and(|s: &Service| s.environments.contains(&id.env)) => {
+                Some(id)
+                    if services
+                        .get(&id.service)
+                        .is_some_and(|s: &Service| s.environments.contains(&id.env)) =>
+                {
                     admins.push(a.clone())
                 }
                 Some(id) => {
                     return Err(err(
                         k,
-                        format!("no service {:?} in environment {:?} to issue this identity", id.service, id.env),
+                        format!(
+                            "no service {:?} in environment {:?} to issue this identity",
+                            id.service, id.env
+                        ),
                     ));
                 }
                 None => {
@@ -434,21 +444,31 @@ impl Policy {
                 format!(
                     "unknown environment {:?} (known: {})",
                     id.env,
-                    self.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
         let svc = self.services.get(&id.service).ok_or_else(|| {
             denied(
                 "services",
-                format!("unknown service {:?}; every service must be listed", id.service),
+                format!(
+                    "unknown service {:?}; every service must be listed",
+                    id.service
+                ),
             )
         })?;
         let svc_key = format!("services.{}", id.service);
         if !svc.environments.contains(&id.env) {
             return Err(denied(
                 format!("{svc_key}.environments"),
-                format!("service {:?} is not enabled in environment {:?}", id.service, id.env),
+                format!(
+                    "service {:?} is not enabled in environment {:?}",
+                    id.service, id.env
+                ),
             ));
         }
         if !svc.key_types.contains(&req.key_type) {
@@ -457,7 +477,11 @@ impl Policy {
                 format!(
                     "key type {} is not allowed (allowed: {})",
                     req.key_type,
-                    svc.key_types.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    svc.key_types
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -468,10 +492,17 @@ impl Policy {
             if name.starts_with("*.") && !svc.wildcards {
                 return Err(denied(
                     format!("{svc_key}.wildcards"),
-                    format!("wildcard name {name:?} is not allowed for service {:?}", id.service),
+                    format!(
+                        "wildcard name {name:?} is not allowed for service {:?}",
+                        id.service
+                    ),
                 ));
             }
-            if !env.dns_suffixes.iter().any(|s| name_within_suffix(&name, s)) {
+            if !env
+                .dns_suffixes
+                .iter()
+                .any(|s| name_within_suffix(&name, s))
+            {
                 return Err(denied(
                     format!("environments.{}.dns_suffixes", id.env),
                     format!(
@@ -498,7 +529,11 @@ impl Policy {
                         "{name:?} does not match any name allowed for {}/{} ({})",
                         id.env,
                         id.service,
-                        if expanded.is_empty() { "none".to_string() } else { expanded.join(", ") }
+                        if expanded.is_empty() {
+                            "none".to_string()
+                        } else {
+                            expanded.join(", ")
+                        }
                     ),
                 ));
             }
@@ -512,11 +547,17 @@ impl Policy {
             if !svc.ip_sans {
                 return Err(denied(
                     format!("{svc_key}.ip_sans"),
-                    format!("IP SAN {ip} requested but service {:?} may not have IP SANs", id.service),
+                    format!(
+                        "IP SAN {ip} requested but service {:?} may not have IP SANs",
+                        id.service
+                    ),
                 ));
             }
             if ip.is_unspecified() || ip.is_multicast() {
-                return Err(malformed("ip-syntax", format!("{ip} is not a usable host address")));
+                return Err(malformed(
+                    "ip-syntax",
+                    format!("{ip} is not a usable host address"),
+                ));
             }
             if !ips.contains(ip) {
                 ips.push(*ip);
@@ -559,14 +600,14 @@ impl Policy {
     }
 }
 
-const NAME_TOKEN_RULE: &str =
-    "names must be lowercase letters, digits and inner hyphens (they appear in DNS names and SPIFFE IDs)";
+const NAME_TOKEN_RULE: &str = "names must be lowercase letters, digits and inner hyphens (they appear in DNS names and SPIFFE IDs)";
 
 /// Environment and service names become DNS labels and SPIFFE path segments.
 fn is_name_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -599,7 +640,9 @@ fn check_dns_name(name: &str, allow_star: bool) -> Result<(), String> {
         ));
     }
     if name.ends_with('.') {
-        return Err(format!("{name:?} has a trailing dot; write the name without it"));
+        return Err(format!(
+            "{name:?} has a trailing dot; write the name without it"
+        ));
     }
     for label in name.split('.') {
         if label == "*" && allow_star {
@@ -609,15 +652,22 @@ fn check_dns_name(name: &str, allow_star: bool) -> Result<(), String> {
             return Err(format!("{name:?} has an empty label"));
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(format!("{name:?} has a label longer than {MAX_LABEL_LEN} characters"));
+            return Err(format!(
+                "{name:?} has a label longer than {MAX_LABEL_LEN} characters"
+            ));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(format!(
                 "{name:?} has a label with characters other than letters, digits and hyphens"
             ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("{name:?} has a label starting or ending with a hyphen"));
+            return Err(format!(
+                "{name:?} has a label starting or ending with a hyphen"
+            ));
         }
     }
     Ok(())
@@ -683,7 +733,12 @@ mod tests {
         }
     }
 
-    fn ask(p: &Policy, env: &str, service: &str, dns: &[&str]) -> Result<Decision, PolicyViolation> {
+    fn ask(
+        p: &Policy,
+        env: &str,
+        service: &str,
+        dns: &[&str],
+    ) -> Result<Decision, PolicyViolation> {
         let dns: Vec<String> = dns.iter().map(|s| s.to_string()).collect();
         let identity = id(env, service);
         p.decide(&IssueRequest {
@@ -743,31 +798,51 @@ max_ttl = "12h"
             &example(),
             "dev",
             "api",
-            &["api.dev.svc.example.internal", "API.DEV.svc.example.internal"],
+            &[
+                "api.dev.svc.example.internal",
+                "API.DEV.svc.example.internal",
+            ],
         )
         .expect("allowed");
         assert_eq!(d.dns.len(), 1);
-        assert!(ask(&example(), "dev", "api", &[]).expect("allowed").dns.is_empty());
+        assert!(
+            ask(&example(), "dev", "api", &[])
+                .expect("allowed")
+                .dns
+                .is_empty()
+        );
     }
 
     #[test]
     fn prod_name_through_dev_is_refused_by_the_suffix_rule() {
-        let e = ask(&example(), "dev", "api", &["api.prod.svc.example.internal"]).expect_err("denied");
+        let e =
+            ask(&example(), "dev", "api", &["api.prod.svc.example.internal"]).expect_err("denied");
         assert_eq!(e.rule, "environments.dev.dns_suffixes");
         assert_eq!(e.kind(), ErrorKind::Denied);
     }
 
     #[test]
     fn another_services_name_is_refused_by_the_pattern_rule() {
-        let e = ask(&example(), "dev", "api", &["web.dev.svc.example.internal"]).expect_err("denied");
+        let e =
+            ask(&example(), "dev", "api", &["web.dev.svc.example.internal"]).expect_err("denied");
         assert_eq!(e.rule, "services.api.dns");
-        assert!(e.reason.contains("api.dev.svc.example.internal"), "{}", e.reason);
+        assert!(
+            e.reason.contains("api.dev.svc.example.internal"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
     fn unknown_env_and_service_are_denied() {
-        assert_eq!(ask(&example(), "qa", "api", &[]).expect_err("denied").rule, "environments");
-        assert_eq!(ask(&example(), "dev", "db", &[]).expect_err("denied").rule, "services");
+        assert_eq!(
+            ask(&example(), "qa", "api", &[]).expect_err("denied").rule,
+            "environments"
+        );
+        assert_eq!(
+            ask(&example(), "dev", "db", &[]).expect_err("denied").rule,
+            "services"
+        );
     }
 
     #[test]
@@ -777,7 +852,10 @@ max_ttl = "12h"
             "p",
         )
         .expect("valid");
-        assert_eq!(ask(&p, "prod", "api", &[]).expect_err("denied").rule, "services.api.environments");
+        assert_eq!(
+            ask(&p, "prod", "api", &[]).expect_err("denied").rule,
+            "services.api.environments"
+        );
     }
 
     #[test]
@@ -794,7 +872,8 @@ max_ttl = "12h"
         assert!(ask(&p, "dev", "edge", &["*.edge.dev.svc.example.internal"]).is_ok());
         assert!(ask(&p, "dev", "edge", &["a.edge.dev.svc.example.internal"]).is_ok());
         assert!(ask(&p, "dev", "edge", &["edge.dev.svc.example.internal"]).is_err());
-        let inner = ask(&p, "dev", "edge", &["a.*.dev.svc.example.internal"]).expect_err("malformed");
+        let inner =
+            ask(&p, "dev", "edge", &["a.*.dev.svc.example.internal"]).expect_err("malformed");
         assert_eq!(inner.violation, ViolationKind::Malformed);
     }
 
@@ -860,7 +939,8 @@ max_ttl = "12h"
             let e = ask(&example(), "dev", "api", &[bad]).expect_err("refused");
             assert_eq!(e.kind(), ErrorKind::BadRequest, "{bad:?}: {e}");
         }
-        let e = ask(&example(), "dev", "api", &["äpi.dev.svc.example.internal"]).expect_err("refused");
+        let e =
+            ask(&example(), "dev", "api", &["äpi.dev.svc.example.internal"]).expect_err("refused");
         assert!(e.reason.contains("A-label"), "{}", e.reason);
     }
 
@@ -883,7 +963,8 @@ max_ttl = "12h"
         let e = p.decide(&req(Duration::hours(7))).expect_err("too long");
         assert_eq!(e.rule, "services.api.max_ttl");
         let prod = id("prod", "api");
-        let q = Policy::from_toml(&minimal("[services.api]\nenvironments = [\"prod\"]\n"), "p").expect("valid");
+        let q = Policy::from_toml(&minimal("[services.api]\nenvironments = [\"prod\"]\n"), "p")
+            .expect("valid");
         let e = q
             .decide(&IssueRequest {
                 identity: &prod,
@@ -950,9 +1031,13 @@ max_ttl = "12h"
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_a_location() {
-        let e = load_err(&minimal("[services.api]\nenvironments = [\"dev\"]\nmax_tll = \"1h\""));
+        let e = load_err(&minimal(
+            "[services.api]\nenvironments = [\"dev\"]\nmax_tll = \"1h\"",
+        ));
         assert!(e.message.contains("max_tll"), "{e}");
-        let e = load_err(&minimal("[services.api]\nenvironments = [\"dev\"]\nmax_ttl = \"forever\""));
+        let e = load_err(&minimal(
+            "[services.api]\nenvironments = [\"dev\"]\nmax_ttl = \"forever\"",
+        ));
         assert!(e.message.contains("forever"), "{e}");
         let e = load_err("trust_domain = ");
         assert!(e.key.is_empty() && !e.message.is_empty());

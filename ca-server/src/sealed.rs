@@ -82,7 +82,9 @@ impl Classify for SealError {
     fn kind(&self) -> ErrorKind {
         match self {
             SealError::WeakPassphrase | SealError::Format(_) => ErrorKind::BadRequest,
-            SealError::WrongPassphrase(_) | SealError::PassphraseRequired(_) => ErrorKind::Unauthorized,
+            SealError::WrongPassphrase(_) | SealError::PassphraseRequired(_) => {
+                ErrorKind::Unauthorized
+            }
             SealError::Random => ErrorKind::Internal,
         }
     }
@@ -104,7 +106,13 @@ impl fmt::Debug for Sealer {
 fn derive(pass: &Passphrase, salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
     let mut key = Zeroizing::new([0u8; 32]);
     let iters = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iters, salt, pass.bytes(), key.as_mut());
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iters,
+        salt,
+        pass.bytes(),
+        key.as_mut(),
+    );
     key
 }
 
@@ -112,7 +120,9 @@ impl Sealer {
     /// Derives a fresh key-encryption key with a new random salt.
     pub fn new(pass: &Passphrase) -> Result<Sealer, SealError> {
         let mut salt = [0u8; 16];
-        SystemRandom::new().fill(&mut salt).map_err(|_| SealError::Random)?;
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| SealError::Random)?;
         Ok(Sealer {
             key: derive(pass, &salt, PBKDF2_ITERATIONS),
             salt,
@@ -123,7 +133,9 @@ impl Sealer {
     /// Seals `plaintext` for the slot `slot`.
     pub fn seal(&self, slot: &str, plaintext: &[u8]) -> Result<String, SealError> {
         let mut nonce = [0u8; 12];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| SealError::Random)?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SealError::Random)?;
         let key = aead_key(&self.key)?;
         let mut buf = plaintext.to_vec();
         let sealed = key.seal_in_place_append_tag(
@@ -162,11 +174,20 @@ pub fn is_sealed(stored: &str) -> bool {
 }
 
 /// Opens stored key text for `slot`.
-pub fn open(slot: &str, stored: &str, pass: Option<&Passphrase>) -> Result<Zeroizing<Vec<u8>>, SealError> {
+pub fn open(
+    slot: &str,
+    stored: &str,
+    pass: Option<&Passphrase>,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let format_err = || SealError::Format(slot.to_string());
     let stored = stored.trim();
-    if let Some(hexed) = stored.strip_prefix(PLAIN_PREFIX).and_then(|r| r.strip_prefix(':')) {
-        return hex::decode(hexed).map(Zeroizing::new).map_err(|_| format_err());
+    if let Some(hexed) = stored
+        .strip_prefix(PLAIN_PREFIX)
+        .and_then(|r| r.strip_prefix(':'))
+    {
+        return hex::decode(hexed)
+            .map(Zeroizing::new)
+            .map_err(|_| format_err());
     }
     let parts: Vec<&str> = stored.split(':').collect();
     let [prefix, kdf, iters, salt, nonce, ct] = parts.as_slice() else {
@@ -190,7 +211,11 @@ pub fn open(slot: &str, stored: &str, pass: Option<&Passphrase>) -> Result<Zeroi
     let kek = derive(pass, &salt, iterations);
     let key = aead_key(&kek)?;
     let len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(slot.as_bytes()), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(slot.as_bytes()),
+            &mut buf,
+        )
         .map_err(|_| SealError::WrongPassphrase(slot.to_string()))?
         .len();
     buf.truncate(len);
@@ -212,7 +237,8 @@ mod tests {
         let stored = sealer.seal("dev", b"secret key bytes").expect("sealed");
         assert!(is_sealed(&stored));
         assert!(!stored.contains(&hex::encode(b"secret key bytes")));
-        let opened = open("dev", &stored, Some(&pass("correct horse battery staple"))).expect("opens");
+        let opened =
+            open("dev", &stored, Some(&pass("correct horse battery staple"))).expect("opens");
         assert_eq!(opened.as_slice(), b"secret key bytes");
     }
 
@@ -228,9 +254,15 @@ mod tests {
             open("prod", &stored, Some(&pass("correct horse battery staple"))),
             Err(SealError::WrongPassphrase("prod".into()))
         );
-        assert_eq!(open("dev", &stored, None), Err(SealError::PassphraseRequired("dev".into())));
+        assert_eq!(
+            open("dev", &stored, None),
+            Err(SealError::PassphraseRequired("dev".into()))
+        );
         let tampered = stored.replace("600000", "1");
-        assert_eq!(open("dev", &tampered, Some(&pass("x"))), Err(SealError::Format("dev".into())));
+        assert_eq!(
+            open("dev", &tampered, Some(&pass("x"))),
+            Err(SealError::Format("dev".into()))
+        );
     }
 
     #[test]
@@ -238,12 +270,18 @@ mod tests {
         let stored = plain(b"k");
         assert!(!is_sealed(&stored));
         assert_eq!(open("root", &stored, None).expect("opens").as_slice(), b"k");
-        assert_eq!(open("root", "garbage", None), Err(SealError::Format("root".into())));
+        assert_eq!(
+            open("root", "garbage", None),
+            Err(SealError::Format("root".into()))
+        );
     }
 
     #[test]
     fn short_passphrases_are_refused_and_never_printed() {
-        assert_eq!(pass("short").check_strength(), Err(SealError::WeakPassphrase));
+        assert_eq!(
+            pass("short").check_strength(),
+            Err(SealError::WeakPassphrase)
+        );
         assert!(pass("long enough passphrase").check_strength().is_ok());
         assert!(!format!("{:?}", pass("hunter2hunter2")).contains("hunter2"));
     }

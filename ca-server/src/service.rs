@@ -14,7 +14,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::authority::{
-    self, AuthorityError, CaKey, DistributionUrls, Issued, IntermediateSpec, LeafSpec, RootSpec, Signer,
+    self, AuthorityError, CaKey, DistributionUrls, IntermediateSpec, Issued, LeafSpec, RootSpec,
+    Signer,
 };
 use crate::clock::{Clock, whole_seconds};
 use crate::csr::{CsrError, validate_csr};
@@ -23,8 +24,8 @@ use crate::pki::{Fingerprint, Identity, Serial};
 use crate::policy::{IssueRequest, Policy, PolicyError, PolicyViolation};
 use crate::sealed::{self, Passphrase, SealError, Sealer};
 use crate::store::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertificateFilter, CertificateRecord,
-    IssuedVia, NewCa, Store, StoreError,
+    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertificateFilter,
+    CertificateRecord, IssuedVia, NewCa, Store, StoreError,
 };
 
 /// Id of the root in the authorities table.
@@ -59,7 +60,9 @@ pub enum ServiceError {
     #[error("environment {0:?} has no intermediate CA (was it added to the policy after init?)")]
     NoIssuer(String),
     /// The policy names another trust domain than the CA was created for.
-    #[error("policy trust domain {policy:?} differs from the CA's {recorded:?}; the trust domain is fixed at init")]
+    #[error(
+        "policy trust domain {policy:?} differs from the CA's {recorded:?}; the trust domain is fixed at init"
+    )]
     TrustDomainChanged {
         /// Recorded at init.
         recorded: String,
@@ -84,7 +87,9 @@ impl Classify for ServiceError {
             ServiceError::Authority(e) => e.kind(),
             ServiceError::Store(e) => e.kind(),
             ServiceError::NotInitialized | ServiceError::NotFound(_) => ErrorKind::NotFound,
-            ServiceError::NoIssuer(_) | ServiceError::TrustDomainChanged { .. } => ErrorKind::Internal,
+            ServiceError::NoIssuer(_) | ServiceError::TrustDomainChanged { .. } => {
+                ErrorKind::Internal
+            }
             ServiceError::Invalid(_) => ErrorKind::BadRequest,
         }
     }
@@ -337,7 +342,9 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("trust_domain", &self.settings.trust_domain).finish_non_exhaustive()
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.settings.trust_domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -350,7 +357,10 @@ impl Ca {
         passphrase: Option<Passphrase>,
         issue: IssueSettings,
     ) -> Result<Ca, ServiceError> {
-        let settings = store.settings().await?.ok_or(ServiceError::NotInitialized)?;
+        let settings = store
+            .settings()
+            .await?
+            .ok_or(ServiceError::NotInitialized)?;
         if settings.trust_domain != policy.trust_domain {
             return Err(ServiceError::TrustDomainChanged {
                 recorded: settings.trust_domain,
@@ -399,7 +409,12 @@ impl Ca {
 
     /// The signer of environment `env`, opened once and cached.
     pub async fn signer(&self, env: &str) -> Result<Arc<Signer>, ServiceError> {
-        if let Some(s) = self.signers.lock().unwrap_or_else(|e| e.into_inner()).get(env) {
+        if let Some(s) = self
+            .signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(env)
+        {
             return Ok(s.clone());
         }
         let rec = self.authority(env).await?;
@@ -426,7 +441,9 @@ impl Ca {
     /// Trust bundle for `env`: the root, then the environment's intermediate.
     pub async fn bundle(&self, env: &str) -> Result<String, ServiceError> {
         if !self.policy.environments.contains_key(env) {
-            return Err(ServiceError::NotFound(format!("unknown environment {env:?}")));
+            return Err(ServiceError::NotFound(format!(
+                "unknown environment {env:?}"
+            )));
         }
         let root = self.authority(ROOT_ID).await?;
         let int = self.authority(env).await?;
@@ -486,7 +503,11 @@ impl Ca {
         let mut serial = random_serial()?;
         let mut attempts = 0;
         loop {
-            match self.store.reserve_serial(&serial, now.unix_timestamp()).await {
+            match self
+                .store
+                .reserve_serial(&serial, now.unix_timestamp())
+                .await
+            {
                 Ok(()) => break,
                 // 2^-126 per draw; retrying a few times turns a miracle into a non-event.
                 Err(StoreError::Conflict(_)) if attempts < 3 => {
@@ -565,7 +586,10 @@ impl Ca {
     }
 
     /// Certificates matching `filter` (its `now` is set from the clock when zero).
-    pub async fn list(&self, mut filter: CertificateFilter) -> Result<Vec<CertificateRecord>, ServiceError> {
+    pub async fn list(
+        &self,
+        mut filter: CertificateFilter,
+    ) -> Result<Vec<CertificateRecord>, ServiceError> {
         if filter.now == 0 {
             filter.now = self.now().unix_timestamp();
         }
@@ -590,7 +614,9 @@ impl Ca {
 pub fn pem_to_der(pem_text: &str) -> Result<Vec<u8>, ServiceError> {
     pem::parse(pem_text)
         .map(|p| p.into_contents())
-        .map_err(|_| ServiceError::Store(StoreError::Corrupt("stored certificate is not PEM".into())))
+        .map_err(|_| {
+            ServiceError::Store(StoreError::Corrupt("stored certificate is not PEM".into()))
+        })
 }
 
 #[cfg(test)]
@@ -606,13 +632,31 @@ mod tests {
         let policy = Policy::from_toml(POLICY, "example.toml").expect("policy");
         let pass = sealed_with.map(|p| Passphrase::new(p.into()));
         let now = OffsetDateTime::now_utc();
-        let built = build_ca(&policy, "example.toml", pass.as_ref(), CaLifetimes::default(), false, now, "test")
-            .expect("build");
-        let store = Arc::new(SqliteStore::open(&dir.join("ca.db"), true).await.expect("store"));
+        let built = build_ca(
+            &policy,
+            "example.toml",
+            pass.as_ref(),
+            CaLifetimes::default(),
+            false,
+            now,
+            "test",
+        )
+        .expect("build");
+        let store = Arc::new(
+            SqliteStore::open(&dir.join("ca.db"), true)
+                .await
+                .expect("store"),
+        );
         store.initialize(&built.new_ca).await.expect("init");
-        Ca::open(store, Arc::new(ManualClock::new(now)), policy, pass, IssueSettings::default())
-            .await
-            .expect("open")
+        Ca::open(
+            store,
+            Arc::new(ManualClock::new(now)),
+            policy,
+            pass,
+            IssueSettings::default(),
+        )
+        .await
+        .expect("open")
     }
 
     fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
@@ -645,7 +689,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = ca(dir.path(), None).await;
         let out = ca
-            .issue(input("dev", &["api.dev.svc.example.internal"], csr(&rcgen::PKCS_ECDSA_P256_SHA256)))
+            .issue(input(
+                "dev",
+                &["api.dev.svc.example.internal"],
+                csr(&rcgen::PKCS_ECDSA_P256_SHA256),
+            ))
             .await
             .expect("issued");
         let serial: Serial = out.record.serial.parse().expect("serial");
@@ -653,8 +701,15 @@ mod tests {
         assert_eq!(ca.certificate(&serial).await.expect("stored"), out.record);
         assert!(out.chain_pem.starts_with(&out.cert_pem));
         let audit = ca.store().audit_entries(None, 100).await.expect("audit");
-        assert_eq!(audit.last().map(|e| e.serial.clone()), Some(Some(out.record.serial.clone())));
-        assert_eq!(out.record.not_after - out.record.created_at, 8 * 3600, "dev default TTL");
+        assert_eq!(
+            audit.last().map(|e| e.serial.clone()),
+            Some(Some(out.record.serial.clone()))
+        );
+        assert_eq!(
+            out.record.not_after - out.record.created_at,
+            8 * 3600,
+            "dev default TTL"
+        );
     }
 
     #[tokio::test]
@@ -662,17 +717,38 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = ca(dir.path(), None).await;
         let e = ca
-            .issue(input("dev", &["api.prod.svc.example.internal"], csr(&rcgen::PKCS_ECDSA_P256_SHA256)))
+            .issue(input(
+                "dev",
+                &["api.prod.svc.example.internal"],
+                csr(&rcgen::PKCS_ECDSA_P256_SHA256),
+            ))
             .await
             .expect_err("denied");
         assert_eq!(e.kind(), ErrorKind::Denied);
-        let e = ca.issue(input("dev", &[], b"not a csr".to_vec())).await.expect_err("bad csr");
+        let e = ca
+            .issue(input("dev", &[], b"not a csr".to_vec()))
+            .await
+            .expect_err("bad csr");
         assert_eq!(e.kind(), ErrorKind::BadRequest);
-        assert!(ca.list(CertificateFilter::default()).await.expect("list").is_empty());
+        assert!(
+            ca.list(CertificateFilter::default())
+                .await
+                .expect("list")
+                .is_empty()
+        );
         let audit = ca.store().audit_entries(None, 100).await.expect("audit");
-        let denied: Vec<_> = audit.iter().filter(|e| e.result == AuditResult::Denied).collect();
+        let denied: Vec<_> = audit
+            .iter()
+            .filter(|e| e.result == AuditResult::Denied)
+            .collect();
         assert_eq!(denied.len(), 2);
-        assert!(denied[0].reason.as_deref().unwrap_or("").contains("environments.dev.dns_suffixes"));
+        assert!(
+            denied[0]
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("environments.dev.dns_suffixes")
+        );
     }
 
     #[tokio::test]
@@ -702,7 +778,13 @@ mod tests {
         )
         .await
         .expect("open");
-        assert!(none.signer("dev").await.expect_err("no passphrase").to_string().contains("CA_PASSPHRASE"));
+        assert!(
+            none.signer("dev")
+                .await
+                .expect_err("no passphrase")
+                .to_string()
+                .contains("CA_PASSPHRASE")
+        );
     }
 
     #[tokio::test]
@@ -725,7 +807,13 @@ mod tests {
     async fn a_changed_trust_domain_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = ca(dir.path(), None).await;
-        let other = Policy::from_toml(&POLICY.replace("trust_domain = \"example.internal\"", "trust_domain = \"other.internal\""), "p");
+        let other = Policy::from_toml(
+            &POLICY.replace(
+                "trust_domain = \"example.internal\"",
+                "trust_domain = \"other.internal\"",
+            ),
+            "p",
+        );
         // The example's admin IDs name example.internal, so the edited policy is itself invalid;
         // a minimal one with another trust domain shows the refusal.
         assert!(other.is_err());
@@ -734,9 +822,15 @@ mod tests {
             "p",
         )
         .expect("valid");
-        let e = Ca::open(ca.store().clone(), Arc::new(ManualClock::new(OffsetDateTime::now_utc())), minimal, None, IssueSettings::default())
-            .await
-            .expect_err("refused");
+        let e = Ca::open(
+            ca.store().clone(),
+            Arc::new(ManualClock::new(OffsetDateTime::now_utc())),
+            minimal,
+            None,
+            IssueSettings::default(),
+        )
+        .await
+        .expect_err("refused");
         assert!(matches!(e, ServiceError::TrustDomainChanged { .. }));
     }
 }

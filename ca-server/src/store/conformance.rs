@@ -2,8 +2,8 @@
 //! Panics (with a message naming the broken invariant) on the first failure.
 
 use super::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus, CertificateFilter,
-    CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
+    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError,
 };
 use crate::pki::Serial;
 
@@ -38,7 +38,13 @@ fn audit(action: &str, at: i64, serial: Option<&str>) -> AuditEntry {
     }
 }
 
-fn cert(serial: &str, env: &str, service: &str, created_at: i64, not_after: i64) -> CertificateRecord {
+fn cert(
+    serial: &str,
+    env: &str,
+    service: &str,
+    created_at: i64,
+    not_after: i64,
+) -> CertificateRecord {
     CertificateRecord {
         serial: serial.into(),
         issuer_id: env.into(),
@@ -68,7 +74,11 @@ fn serial(s: &str) -> Serial {
 /// Runs every check against `store`, which must be empty.
 pub async fn run(store: &dyn Store) {
     store.ping().await.expect("ping answers");
-    assert_eq!(store.settings().await.expect("settings"), None, "a fresh store has no CA");
+    assert_eq!(
+        store.settings().await.expect("settings"),
+        None,
+        "a fresh store has no CA"
+    );
 
     let settings = CaSettings {
         trust_domain: "example.internal".into(),
@@ -94,18 +104,31 @@ pub async fn run(store: &dyn Store) {
     }
     let auths = store.authorities().await.expect("authorities");
     let ids: Vec<&str> = auths.iter().map(|a| a.id.as_str()).collect();
-    assert_eq!(ids, ["root", "dev", "prod"], "root first, then intermediates by id");
-    assert_eq!(store.authority("dev").await.expect("dev"), Some(ca.authorities[1].clone()));
+    assert_eq!(
+        ids,
+        ["root", "dev", "prod"],
+        "root first, then intermediates by id"
+    );
+    assert_eq!(
+        store.authority("dev").await.expect("dev"),
+        Some(ca.authorities[1].clone())
+    );
     assert_eq!(store.authority("qa").await.expect("qa"), None);
 
     // Serials: authority serials count as used; reservation is exclusive.
     for used in ["01", "02"] {
         assert!(
-            matches!(store.reserve_serial(&serial(used), 2_000).await, Err(StoreError::Conflict(_))),
+            matches!(
+                store.reserve_serial(&serial(used), 2_000).await,
+                Err(StoreError::Conflict(_))
+            ),
             "serial {used} of an authority must not be reusable"
         );
     }
-    store.reserve_serial(&serial("aa01"), 2_000).await.expect("reserve");
+    store
+        .reserve_serial(&serial("aa01"), 2_000)
+        .await
+        .expect("reserve");
     assert!(matches!(
         store.reserve_serial(&serial("aa01"), 2_001).await,
         Err(StoreError::Conflict(_))
@@ -114,7 +137,10 @@ pub async fn run(store: &dyn Store) {
     // Certificates: only reserved serials; row and audit commit together.
     let unreserved = cert("bb01", "dev", "api", 2_000, 9_000);
     assert!(
-        store.insert_certificate(&unreserved, &audit("issue", 2_000, Some("bb01"))).await.is_err(),
+        store
+            .insert_certificate(&unreserved, &audit("issue", 2_000, Some("bb01")))
+            .await
+            .is_err(),
         "a certificate with an unreserved serial must be refused"
     );
     assert_eq!(store.certificate(&serial("bb01")).await.expect("get"), None);
@@ -124,18 +150,31 @@ pub async fn run(store: &dyn Store) {
         .insert_certificate(&a, &audit("issue", 2_000, Some("aa01")))
         .await
         .expect("insert");
-    assert_eq!(store.certificate(&serial("AA:01")).await.expect("get"), Some(a.clone()));
+    assert_eq!(
+        store.certificate(&serial("AA:01")).await.expect("get"),
+        Some(a.clone())
+    );
     assert!(matches!(
-        store.insert_certificate(&a, &audit("issue", 2_000, Some("aa01"))).await,
+        store
+            .insert_certificate(&a, &audit("issue", 2_000, Some("aa01")))
+            .await,
         Err(StoreError::Conflict(_))
     ));
 
     let mut more = Vec::new();
-    for (i, (env, service, not_after)) in
-        [("dev", "web", 3_000), ("prod", "api", 50_000), ("prod", "api", 60_000)].iter().enumerate()
+    for (i, (env, service, not_after)) in [
+        ("dev", "web", 3_000),
+        ("prod", "api", 50_000),
+        ("prod", "api", 60_000),
+    ]
+    .iter()
+    .enumerate()
     {
         let s = format!("aa1{i}");
-        store.reserve_serial(&serial(&s), 2_100).await.expect("reserve");
+        store
+            .reserve_serial(&serial(&s), 2_100)
+            .await
+            .expect("reserve");
         let c = cert(&s, env, service, 2_100 + i as i64, *not_after);
         store
             .insert_certificate(&c, &audit("issue", 2_100, Some(&s)))
@@ -155,29 +194,61 @@ pub async fn run(store: &dyn Store) {
     };
     let now = 5_000;
     assert_eq!(
-        list(CertificateFilter { now, ..Default::default() }).await,
+        list(CertificateFilter {
+            now,
+            ..Default::default()
+        })
+        .await,
         ["aa12", "aa11", "aa10", "aa01"],
         "newest first"
     );
     assert_eq!(
-        list(CertificateFilter { env: Some("prod".into()), now, ..Default::default() }).await,
+        list(CertificateFilter {
+            env: Some("prod".into()),
+            now,
+            ..Default::default()
+        })
+        .await,
         ["aa12", "aa11"]
     );
     assert_eq!(
-        list(CertificateFilter { env: Some("dev".into()), service: Some("web".into()), now, ..Default::default() })
-            .await,
+        list(CertificateFilter {
+            env: Some("dev".into()),
+            service: Some("web".into()),
+            now,
+            ..Default::default()
+        })
+        .await,
         ["aa10"]
     );
     assert_eq!(
-        list(CertificateFilter { status: Some(CertStatus::Expired), now, ..Default::default() }).await,
+        list(CertificateFilter {
+            status: Some(CertStatus::Expired),
+            now,
+            ..Default::default()
+        })
+        .await,
         ["aa10"],
         "not_after 3000 is expired at 5000"
     );
     assert_eq!(
-        list(CertificateFilter { status: Some(CertStatus::Valid), now, ..Default::default() }).await,
+        list(CertificateFilter {
+            status: Some(CertStatus::Valid),
+            now,
+            ..Default::default()
+        })
+        .await,
         ["aa12", "aa11", "aa01"]
     );
-    assert!(list(CertificateFilter { status: Some(CertStatus::Revoked), now, ..Default::default() }).await.is_empty());
+    assert!(
+        list(CertificateFilter {
+            status: Some(CertStatus::Revoked),
+            now,
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
     assert_eq!(
         list(CertificateFilter {
             status: Some(CertStatus::Valid),
@@ -189,21 +260,33 @@ pub async fn run(store: &dyn Store) {
         ["aa11", "aa01"],
         "expiring within the window"
     );
-    assert_eq!(list(CertificateFilter { limit: Some(1), now, ..Default::default() }).await, ["aa12"]);
+    assert_eq!(
+        list(CertificateFilter {
+            limit: Some(1),
+            now,
+            ..Default::default()
+        })
+        .await,
+        ["aa12"]
+    );
     assert_eq!(a.status(now), CertStatus::Valid);
     assert_eq!(more[0].status(now), CertStatus::Expired);
 
     // Audit: everything above was logged, in order, and `since` filters.
-    store.append_audit(&AuditEntry {
-        result: AuditResult::Denied,
-        reason: Some("denied by policy rule `services.api.dns`".into()),
-        ..audit("issue", 2_500, None)
-    })
-    .await
-    .expect("append");
+    store
+        .append_audit(&AuditEntry {
+            result: AuditResult::Denied,
+            reason: Some("denied by policy rule `services.api.dns`".into()),
+            ..audit("issue", 2_500, None)
+        })
+        .await
+        .expect("append");
     let all = store.audit_entries(None, 1000).await.expect("audit");
     let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, ["init", "issue", "issue", "issue", "issue", "issue"]);
+    assert_eq!(
+        actions,
+        ["init", "issue", "issue", "issue", "issue", "issue"]
+    );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
     assert_eq!(all[1].serial.as_deref(), Some("aa01"));
     let since = store.audit_entries(Some(2_500), 1000).await.expect("audit");

@@ -212,7 +212,9 @@ impl std::str::FromStr for CertStatus {
             "valid" => Ok(CertStatus::Valid),
             "expired" => Ok(CertStatus::Expired),
             "revoked" => Ok(CertStatus::Revoked),
-            other => Err(format!("unknown status {other:?} (valid, expired or revoked)")),
+            other => Err(format!(
+                "unknown status {other:?} (valid, expired or revoked)"
+            )),
         }
     }
 }
@@ -326,15 +328,26 @@ pub trait Store: Send + Sync {
     /// Reserves a serial; `Conflict` if it was ever used.
     async fn reserve_serial(&self, serial: &Serial, at: i64) -> Result<(), StoreError>;
     /// Commits a certificate (whose serial is reserved) together with its audit entry.
-    async fn insert_certificate(&self, cert: &CertificateRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    async fn insert_certificate(
+        &self,
+        cert: &CertificateRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// One certificate by serial.
     async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
     /// Certificates matching `filter`, newest first.
-    async fn list_certificates(&self, filter: &CertificateFilter) -> Result<Vec<CertificateRecord>, StoreError>;
+    async fn list_certificates(
+        &self,
+        filter: &CertificateFilter,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
     /// Appends to the audit log.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries at or after `since` (Unix seconds), oldest first.
-    async fn audit_entries(&self, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn audit_entries(
+        &self,
+        since: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

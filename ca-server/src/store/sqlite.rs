@@ -7,12 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 
 use super::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus, CertificateFilter,
-    CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
+    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError,
 };
 use crate::pki::Serial;
 
@@ -98,7 +99,8 @@ fn certificate_from_row(r: &SqliteRow) -> Result<CertificateRecord, StoreError> 
         not_before: r.try_get("not_before")?,
         not_after: r.try_get("not_after")?,
         cert_pem: r.try_get("cert_pem")?,
-        issued_via: IssuedVia::parse(&via).ok_or_else(|| StoreError::Corrupt(format!("issued_via {via:?}")))?,
+        issued_via: IssuedVia::parse(&via)
+            .ok_or_else(|| StoreError::Corrupt(format!("issued_via {via:?}")))?,
         issued_by: r.try_get("issued_by")?,
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
@@ -116,7 +118,8 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry, StoreError> {
         env: r.try_get("env")?,
         service: r.try_get("service")?,
         serial: r.try_get("serial")?,
-        result: AuditResult::parse(&result).ok_or_else(|| StoreError::Corrupt(format!("audit result {result:?}")))?,
+        result: AuditResult::parse(&result)
+            .ok_or_else(|| StoreError::Corrupt(format!("audit result {result:?}")))?,
         reason: r.try_get("reason")?,
     })
 }
@@ -160,7 +163,9 @@ impl Store for SqliteStore {
         .await;
         match res {
             Err(e) if unique_violation(&e) => {
-                return Err(StoreError::Conflict("this database already holds a CA".into()));
+                return Err(StoreError::Conflict(
+                    "this database already holds a CA".into(),
+                ));
             }
             r => {
                 r?;
@@ -236,12 +241,18 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await;
         match res {
-            Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!("serial {serial} already used"))),
+            Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "serial {serial} already used"
+            ))),
             r => r.map(|_| ()).map_err(Into::into),
         }
     }
 
-    async fn insert_certificate(&self, c: &CertificateRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+    async fn insert_certificate(
+        &self,
+        c: &CertificateRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, ip_addresses, \
@@ -271,7 +282,10 @@ impl Store for SqliteStore {
         .await;
         match res {
             Err(e) if unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!("certificate {} already stored", c.serial)));
+                return Err(StoreError::Conflict(format!(
+                    "certificate {} already stored",
+                    c.serial
+                )));
             }
             Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
                 return Err(StoreError::NotFound(format!(
@@ -296,7 +310,10 @@ impl Store for SqliteStore {
         row.as_ref().map(certificate_from_row).transpose()
     }
 
-    async fn list_certificates(&self, f: &CertificateFilter) -> Result<Vec<CertificateRecord>, StoreError> {
+    async fn list_certificates(
+        &self,
+        f: &CertificateFilter,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM certificates WHERE \
              (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR service = ?2) AND \
@@ -321,12 +338,18 @@ impl Store for SqliteStore {
         insert_audit(&self.pool, entry).await
     }
 
-    async fn audit_entries(&self, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE (?1 IS NULL OR at >= ?1) ORDER BY id LIMIT ?2")
-            .bind(since)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+    async fn audit_entries(
+        &self,
+        since: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE (?1 IS NULL OR at >= ?1) ORDER BY id LIMIT ?2",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(audit_from_row).collect()
     }
 
@@ -354,11 +377,17 @@ mod tests {
     #[tokio::test]
     async fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&dir.path().join("ca.db"), true).await.expect("open");
+        let store = SqliteStore::open(&dir.path().join("ca.db"), true)
+            .await
+            .expect("open");
         crate::store::conformance::run(&store).await;
-        let raw = sqlx::query("DELETE FROM audit_log").execute(&store.pool).await;
+        let raw = sqlx::query("DELETE FROM audit_log")
+            .execute(&store.pool)
+            .await;
         assert!(raw.is_err(), "audit log rows could be deleted");
-        let raw = sqlx::query("UPDATE audit_log SET result = 'ok'").execute(&store.pool).await;
+        let raw = sqlx::query("UPDATE audit_log SET result = 'ok'")
+            .execute(&store.pool)
+            .await;
         assert!(raw.is_err(), "audit log rows could be updated");
         store.close().await;
     }
@@ -366,17 +395,32 @@ mod tests {
     #[tokio::test]
     async fn opening_a_missing_database_without_create_fails() {
         let dir = tempfile::tempdir().expect("tmp");
-        assert!(SqliteStore::open(&dir.path().join("none.db"), false).await.is_err());
+        assert!(
+            SqliteStore::open(&dir.path().join("none.db"), false)
+                .await
+                .is_err()
+        );
         assert!(!dir.path().join("none.db").exists());
     }
 
     #[tokio::test]
     async fn pragmas_are_durable() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&dir.path().join("ca.db"), true).await.expect("open");
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool).await.expect("q");
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&store.pool).await.expect("q");
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&store.pool).await.expect("q");
+        let store = SqliteStore::open(&dir.path().join("ca.db"), true)
+            .await
+            .expect("open");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .expect("q");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .expect("q");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&store.pool)
+            .await
+            .expect("q");
         assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
     }
 }
