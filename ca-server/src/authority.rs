@@ -152,7 +152,7 @@ pub struct RootSpec<'a> {
 /// Everything needed to create an environment intermediate.
 #[derive(Debug, Clone)]
 pub struct IntermediateSpec<'a> {
-    /// Trust domain (the permitted URI host).
+    /// Trust domain named in the subject.
     pub trust_domain: &'a str,
     /// Environment name.
     pub env: &'a str,
@@ -171,8 +171,9 @@ pub struct IntermediateSpec<'a> {
 pub struct LeafSpec<'a> {
     /// Trust domain.
     pub trust_domain: &'a str,
-    /// The workload identity.
-    pub identity: &'a Identity,
+    /// The workload identity: its SPIFFE ID goes into the SANs and the leaf serves both TLS
+    /// directions. `None` for the CA's own HTTPS certificate (serverAuth only, no SPIFFE ID).
+    pub identity: Option<&'a Identity>,
     /// Final DNS names (already allowed by policy).
     pub dns: &'a [String],
     /// Final IP SANs (already allowed by policy).
@@ -266,7 +267,7 @@ pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, Authority
 
 /// Creates an environment intermediate signed by `root`: CA:TRUE pathlen 0, keyCertSign, cRLSign
 /// and digitalSignature (to sign OCSP responses itself), and critical name constraints permitting
-/// only the environment's DNS suffixes and SPIFFE URIs of the trust domain.
+/// only the environment's DNS suffixes.
 pub fn create_intermediate(
     spec: &IntermediateSpec<'_>,
     key: &CaKey,
@@ -294,8 +295,18 @@ pub fn create_intermediate(
         KeyUsagePurpose::CrlSign,
     ];
     p.use_authority_key_identifier_extension = true;
-    p.custom_extensions
-        .push(name_constraints(spec.dns_suffixes, spec.trust_domain));
+    // Only DNS subtrees. A URI subtree could pin SPIFFE IDs to the trust domain's host (X.509
+    // cannot express the /<env>/ path at all), but rustls-webpki fails closed on URI
+    // constraints and would reject every leaf of this intermediate, so the SPIFFE path is
+    // enforced by policy at issuance and by the store at authentication instead.
+    p.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: spec
+            .dns_suffixes
+            .iter()
+            .map(|s| rcgen::GeneralSubtree::DnsName(s.clone()))
+            .collect(),
+        excluded_subtrees: Vec::new(),
+    });
     let issuer = root.rcgen_issuer()?;
     let cert = p.signed_by(key.key_pair(), &issuer)?;
     let out = issued(cert.der().to_vec())?;
@@ -303,33 +314,70 @@ pub fn create_intermediate(
     Ok(out)
 }
 
-/// DER of a critical NameConstraints extension. rcgen's own type has no URI subtrees, and the
-/// SPIFFE URI constraint is the point: RFC 5280 matches a URI constraint against the URI's host,
-/// so `example.internal` permits exactly the SPIFFE IDs of that trust domain.
-fn name_constraints(dns_suffixes: &[String], trust_domain: &str) -> CustomExtension {
-    let content = yasna::construct_der(|w| {
-        w.write_sequence(|w| {
-            w.next().write_tagged_implicit(yasna::Tag::context(0), |w| {
-                w.write_sequence(|w| {
-                    for s in dns_suffixes {
-                        w.next().write_sequence(|w| {
-                            w.next().write_tagged_implicit(yasna::Tag::context(2), |w| {
-                                w.write_ia5_string(s)
-                            });
-                        });
-                    }
-                    w.next().write_sequence(|w| {
-                        w.next().write_tagged_implicit(yasna::Tag::context(6), |w| {
-                            w.write_ia5_string(trust_domain)
-                        });
-                    });
-                });
-            });
-        });
+/// Everything needed to create the intermediate that issues the CA server's own HTTPS certificate.
+#[derive(Debug, Clone)]
+pub struct TlsIntermediateSpec<'a> {
+    /// Trust domain named in the subject.
+    pub trust_domain: &'a str,
+    /// Host names the CA server may be reached by (permitted DNS subtrees).
+    pub dns: &'a [String],
+    /// Addresses the CA server may be reached by (permitted as single-host IP subtrees).
+    pub ips: &'a [IpAddr],
+    /// Serial.
+    pub serial: &'a Serial,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// Desired end of validity (capped by the root's).
+    pub not_after: OffsetDateTime,
+}
+
+/// Creates the intermediate for the CA server's own HTTPS certificate: pathlen 0, EKU serverAuth
+/// only (its leaves can never act as mTLS clients), and name constraints that permit only the
+/// server's names and addresses, so its key cannot mint a workload name.
+pub fn create_tls_intermediate(
+    spec: &TlsIntermediateSpec<'_>,
+    key: &CaKey,
+    root: &Signer,
+) -> Result<Issued, AuthorityError> {
+    let not_after = spec.not_after.min(root.not_after()?);
+    if not_after <= spec.not_before {
+        return Err(AuthorityError::Issuer(
+            "root expires before the intermediate would start".into(),
+        ));
+    }
+    let mut p = CertificateParams::default();
+    p.distinguished_name = ca_name(
+        spec.trust_domain,
+        format!("{} CA Server Intermediate", spec.trust_domain),
+        None,
+    );
+    p.serial_number = Some(serial_number(spec.serial));
+    p.not_before = spec.not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let mut permitted: Vec<rcgen::GeneralSubtree> = spec
+        .dns
+        .iter()
+        .map(|d| rcgen::GeneralSubtree::DnsName(d.clone()))
+        .collect();
+    for ip in spec.ips {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        permitted.push(rcgen::GeneralSubtree::IpAddress(
+            rcgen::CidrSubnet::from_addr_prefix(*ip, prefix),
+        ));
+    }
+    p.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: Vec::new(),
     });
-    let mut ext = CustomExtension::from_oid_content(&[2, 5, 29, 30], content);
-    ext.set_criticality(true);
-    ext
+    let issuer = root.rcgen_issuer()?;
+    let cert = p.signed_by(key.key_pair(), &issuer)?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, root.cert_der())?;
+    Ok(out)
 }
 
 /// DER of an Authority Information Access extension naming an OCSP responder.
@@ -363,12 +411,20 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
             "issuer expires before the certificate would start".into(),
         ));
     }
-    let spiffe_id = spec.identity.spiffe_id(spec.trust_domain);
+    let spiffe_id = spec.identity.map(|id| id.spiffe_id(spec.trust_domain));
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, spec.trust_domain);
-    dn.push(DnType::OrganizationalUnitName, spec.identity.env.as_str());
-    dn.push(DnType::CommonName, spec.identity.service.as_str());
+    match spec.identity {
+        Some(id) => {
+            dn.push(DnType::OrganizationalUnitName, id.env.as_str());
+            dn.push(DnType::CommonName, id.service.as_str());
+        }
+        None => dn.push(
+            DnType::CommonName,
+            format!("{} CA server", spec.trust_domain),
+        ),
+    }
     p.distinguished_name = dn;
     p.serial_number = Some(serial_number(spec.serial));
     p.not_before = spec.not_before;
@@ -378,11 +434,17 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
     if spec.key_type == KeyType::Rsa {
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let mut sans = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
+    p.extended_key_usages = match spec.identity {
+        Some(_) => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        None => vec![ExtendedKeyUsagePurpose::ServerAuth],
+    };
+    let mut sans = Vec::new();
+    if let Some(id) = &spiffe_id {
+        sans.push(SanType::URI(id.as_str().try_into()?));
+    }
     for n in spec.dns {
         sans.push(SanType::DnsName(n.as_str().try_into()?));
     }
@@ -402,7 +464,7 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
     let cert = p.signed_by(&public_key, &rcgen_issuer)?;
     let out = issued(cert.der().to_vec())?;
     verify_chain(&out.der, issuer.cert_der())?;
-    check_leaf(&out.der, spec, &spiffe_id)?;
+    check_leaf(&out.der, spec, spiffe_id.as_deref())?;
     Ok(out)
 }
 
@@ -427,7 +489,11 @@ pub fn verify_chain(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), AuthorityE
     Ok(())
 }
 
-fn check_leaf(der: &[u8], spec: &LeafSpec<'_>, spiffe_id: &str) -> Result<(), AuthorityError> {
+fn check_leaf(
+    der: &[u8],
+    spec: &LeafSpec<'_>,
+    spiffe_id: Option<&str>,
+) -> Result<(), AuthorityError> {
     let fail = |m: &str| AuthorityError::SelfCheck(m.to_string());
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| fail("does not parse"))?;
     if Serial::from_bytes(cert.raw_serial()) != *spec.serial {
@@ -464,7 +530,8 @@ fn check_leaf(der: &[u8], spec: &LeafSpec<'_>, spiffe_id: &str) -> Result<(), Au
             IpAddr::V6(a) => a.octets().to_vec(),
         })
         .collect();
-    if uris != [spiffe_id] || dns != spec.dns || ips != want_ips {
+    let want_uris: Vec<String> = spiffe_id.iter().map(|s| s.to_string()).collect();
+    if uris != want_uris || dns != spec.dns || ips != want_ips {
         return Err(fail("SANs differ from the decision"));
     }
     Ok(())
@@ -548,7 +615,7 @@ pub(crate) mod tests {
         sign_leaf(
             &LeafSpec {
                 trust_domain: "example.internal",
-                identity: &identity,
+                identity: Some(&identity),
                 dns,
                 ips: &[],
                 spki_der: &key.subject_public_key_info(),
@@ -677,35 +744,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn openssl_rejects_a_foreign_trust_domain_uri() {
+    fn rustls_webpki_accepts_a_dev_leaf_and_rejects_a_forged_prod_name() {
+        use rustls::server::WebPkiClientVerifier;
+        use rustls_pki_types::UnixTime;
+        use std::sync::Arc;
+
         let pki = test_pki();
-        let tmp = tempfile::tempdir().expect("tmp");
-        use rcgen::PublicKeyData;
-        let key = leaf_key(&rcgen::PKCS_ECDSA_P256_SHA256);
-        let identity = Identity {
-            env: "dev".into(),
-            service: "api".into(),
-        };
-        let forged = sign_leaf(
-            &LeafSpec {
-                trust_domain: "evil.example",
-                identity: &identity,
-                dns: &[],
-                ips: &[],
-                spki_der: &key.subject_public_key_info(),
-                key_type: KeyType::P256,
-                serial: &serial(7),
-                not_before: pki.now - Duration::minutes(1),
-                not_after: pki.now + Duration::hours(1),
-                urls: None,
-            },
-            &pki.dev,
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(pki.root.cert_der().to_vec()))
+            .expect("root");
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
         )
-        .expect("signed");
-        let out = openssl_verify(tmp.path(), &pki, &forged);
+        .build()
+        .expect("verifier");
+        let intermediates = [CertificateDer::from(pki.dev.cert_der().to_vec())];
+        let now = UnixTime::now();
+        let good = sign(
+            &pki,
+            &pki.dev,
+            "dev",
+            &["api.dev.svc.example.internal".to_string()],
+            pki.now + Duration::hours(1),
+        );
+        verifier
+            .verify_client_cert(&CertificateDer::from(good.der), &intermediates, now)
+            .expect("webpki accepts a dev leaf with a SPIFFE URI");
+        let forged = sign(
+            &pki,
+            &pki.dev,
+            "dev",
+            &["api.prod.svc.example.internal".to_string()],
+            pki.now + Duration::hours(1),
+        );
         assert!(
-            !out.status.success(),
-            "openssl accepted a foreign SPIFFE URI"
+            verifier
+                .verify_client_cert(&CertificateDer::from(forged.der), &intermediates, now)
+                .is_err(),
+            "webpki must reject a prod name under the dev intermediate"
         );
     }
 }

@@ -22,7 +22,8 @@ use crate::files;
 use crate::pki::{Identity, KeyType, Serial};
 use crate::policy::{IssueRequest, Policy};
 use crate::sealed::Passphrase;
-use crate::service::{self, Ca, CaLifetimes, IssueInput, IssueSettings};
+use crate::server::ServeConfig;
+use crate::service::{self, Ca, CaLifetimes, IssueInput, IssueSettings, TokenInput};
 use crate::store::{
     AuditEntry, CertStatus, CertificateFilter, CertificateRecord, IssuedVia, SqliteStore, Store,
 };
@@ -66,6 +67,72 @@ enum Command {
     Bundle(BundleArgs),
     /// Print the audit log.
     Audit(AuditArgs),
+    /// Serve the HTTPS API (enroll, renew, bundles, health, metrics).
+    Serve(ServeArgs),
+    /// Mint, list and revoke enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file (TOML; see ca-server/ca-server.example.toml). Flags and CA_* variables win.
+    #[arg(long, env = "CA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one (printed as `listening on https://ADDR`).
+    #[arg(long, env = "CA_LISTEN", value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Names in the server's own certificate (repeatable; must be among those fixed at init).
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// Lifetime of the server's own certificate.
+    #[arg(long, value_name = "DURATION")]
+    server_cert_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token; its secret is printed once and only a hash is kept.
+    Create(TokenCreateArgs),
+    /// List tokens (usable ones unless --all).
+    List(TokenListArgs),
+    /// Revoke a token by id.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenCreateArgs {
+    /// Environment the token enrolls into.
+    #[arg(long)]
+    env: String,
+    /// Service the token enrolls as.
+    #[arg(long)]
+    service: String,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    ttl: HumanDuration,
+    /// Number of enrollments (more than one only for CI environments).
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+    /// Print JSON: token, id, env, service, uses, expires_at.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenListArgs {
+    /// Include used, expired and revoked tokens.
+    #[arg(long)]
+    all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenRevokeArgs {
+    /// Token id (the part before the dot).
+    id: String,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +149,10 @@ struct InitArgs {
     /// Intermediate validity (capped by the root's).
     #[arg(long, default_value = "1y", value_name = "DURATION")]
     intermediate_ttl: HumanDuration,
+    /// Host names and addresses the CA server may be reached by (repeatable). They become name
+    /// constraints of the intermediate that issues the server's own certificate.
+    #[arg(long = "server-name", value_name = "NAME", default_values_t = service::DEFAULT_SERVER_NAMES.map(String::from))]
+    server_names: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -299,6 +370,10 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Certs(CertsCommand::Show(a)) => certs_show(&cli, a).await,
         Command::Bundle(a) => bundle(&cli, a).await,
         Command::Audit(a) => audit(&cli, a).await,
+        Command::Serve(a) => serve(&cli, a).await,
+        Command::Token(TokenCommand::Create(a)) => token_create(&cli, a).await,
+        Command::Token(TokenCommand::List(a)) => token_list(&cli, a).await,
+        Command::Token(TokenCommand::Revoke(a)) => token_revoke(&cli, a).await,
     }
 }
 
@@ -428,6 +503,7 @@ async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
             root: a.root_ttl.0,
             intermediate: a.intermediate_ttl.0,
         },
+        &a.server_names,
         a.root_key_out.is_some(),
         SystemClock.now(),
         &actor(),
@@ -814,5 +890,161 @@ async fn audit(cli: &Cli, a: &AuditArgs) -> CliResult<()> {
             println!("{}", audit_line(&e));
         }
     }
+    Ok(())
+}
+
+async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
+    let mut cfg = match &a.config {
+        Some(p) => ServeConfig::load(p)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if !a.server_names.is_empty() {
+        cfg.server_names = a.server_names.clone();
+    }
+    if let Some(t) = a.server_cert_ttl {
+        cfg.server_cert_ttl = t;
+    }
+    if cli.public_url.is_some() {
+        cfg.public_url = cli.public_url.clone();
+    }
+    cfg.validate()
+        .map_err(|m| CliError::new(ErrorKind::BadRequest, m))?;
+    let dir = data_dir(cli)?;
+    let store = open_store(dir).await?;
+    let settings = store
+        .settings()
+        .await?
+        .ok_or_else(|| CliError::new(ErrorKind::NotFound, format!("no CA in {}", dir.display())))?;
+    if !settings.keys_sealed {
+        eprintln!(
+            "warning: CA keys in {} are stored unencrypted (created with --insecure-no-passphrase); development only",
+            dir.display()
+        );
+    }
+    let policy_path = cli
+        .policy
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&settings.policy_path));
+    let policy = Policy::load(&policy_path)?;
+    let ca = Ca::open(
+        store,
+        Arc::new(SystemClock),
+        policy,
+        read_passphrase(cli)?,
+        IssueSettings {
+            public_url: cfg.public_url.clone(),
+            ..IssueSettings::default()
+        },
+    )
+    .await?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ])
+        .map_err(|e| CliError::new(ErrorKind::Internal, format!("metrics: {e}")))?
+        .install_recorder()
+        .map_err(|e| CliError::new(ErrorKind::Internal, format!("metrics: {e}")))?;
+    crate::server::serve(
+        Arc::new(ca),
+        cfg,
+        Some(metrics),
+        crate::server::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn token_create(cli: &Cli, a: &TokenCreateArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let created = ca
+        .create_token(TokenInput {
+            env: a.env.clone(),
+            service: a.service.clone(),
+            ttl: Some(a.ttl.0),
+            uses: a.uses,
+            actor: actor(),
+        })
+        .await?;
+    let r = &created.record;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "token": created.token,
+                "id": r.id,
+                "env": r.env,
+                "service": r.service,
+                "uses": r.max_uses,
+                "expires_at": rfc3339(r.expires_at),
+            })
+        );
+    } else {
+        println!("{}", created.token);
+        eprintln!(
+            "token {} enrolls {}/{} ({} use(s)) until {}; it is shown only once",
+            r.id,
+            r.env,
+            r.service,
+            r.max_uses,
+            rfc3339(r.expires_at)
+        );
+    }
+    Ok(())
+}
+
+async fn token_list(cli: &Cli, a: &TokenListArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let now = ca.now_unix();
+    let tokens = ca.list_tokens(a.all).await?;
+    let state = |t: &crate::store::TokenRecord| {
+        if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at <= now {
+            "expired"
+        } else if t.uses >= t.max_uses {
+            "used"
+        } else {
+            "usable"
+        }
+    };
+    if a.json {
+        let items: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "env": t.env, "service": t.service, "uses": t.uses,
+                    "max_uses": t.max_uses, "state": state(t), "created_by": t.created_by,
+                    "created_at": rfc3339(t.created_at), "expires_at": rfc3339(t.expires_at),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<10} {:<16} {:<8} {:<9} EXPIRES",
+        "ID", "ENV", "SERVICE", "STATE", "USES"
+    );
+    for t in &tokens {
+        println!(
+            "{:<16}  {:<10} {:<16} {:<8} {:<9} {}",
+            t.id,
+            t.env,
+            t.service,
+            state(t),
+            format!("{}/{}", t.uses, t.max_uses),
+            rfc3339(t.expires_at)
+        );
+    }
+    Ok(())
+}
+
+async fn token_revoke(cli: &Cli, a: &TokenRevokeArgs) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    ca.revoke_token(&a.id, &actor()).await?;
+    println!("token {} revoked", a.id);
     Ok(())
 }

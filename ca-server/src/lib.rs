@@ -5,6 +5,7 @@
 //! [`policy`] and [`authority`] are pure; only [`store`] speaks SQL.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod authority;
 pub mod cli;
 pub mod clock;
@@ -15,5 +16,6 @@ pub mod files;
 pub mod pki;
 pub mod policy;
 pub mod sealed;
+pub mod server;
 pub mod service;
 pub mod store;

@@ -7,13 +7,15 @@ CREATE TABLE ca_settings (
     policy_path   TEXT    NOT NULL,
     keys_sealed   INTEGER NOT NULL CHECK (keys_sealed IN (0, 1)),
     root_offline  INTEGER NOT NULL CHECK (root_offline IN (0, 1)),
+    server_names  TEXT    NOT NULL,
     created_at    INTEGER NOT NULL
 );
 
--- The root ('root') and one intermediate per environment (id = environment name).
+-- The root ('root'), one intermediate per environment (id = environment name), and the
+-- intermediate for the CA server's own HTTPS certificate ('_tls').
 CREATE TABLE authorities (
     id           TEXT    PRIMARY KEY,
-    kind         TEXT    NOT NULL CHECK (kind IN ('root', 'intermediate')),
+    kind         TEXT    NOT NULL CHECK (kind IN ('root', 'intermediate', 'tls')),
     env          TEXT,
     parent_id    TEXT    REFERENCES authorities (id),
     serial       TEXT    NOT NULL UNIQUE,

@@ -3,7 +3,7 @@
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError, TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -85,6 +85,7 @@ pub async fn run(store: &dyn Store) {
         policy_path: "/etc/ca/policy.toml".into(),
         keys_sealed: true,
         root_offline: false,
+        server_names: vec!["localhost".into(), "127.0.0.1".into()],
         created_at: 1_000,
     };
     let ca = NewCa {
@@ -93,6 +94,7 @@ pub async fn run(store: &dyn Store) {
             authority("root", AuthorityKind::Root, "01"),
             authority("dev", AuthorityKind::Intermediate, "02"),
             authority("prod", AuthorityKind::Intermediate, "03"),
+            authority("_tls", AuthorityKind::Tls, "04"),
         ],
         audit: audit("init", 1_000, None),
     };
@@ -106,8 +108,8 @@ pub async fn run(store: &dyn Store) {
     let ids: Vec<&str> = auths.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["root", "dev", "prod"],
-        "root first, then intermediates by id"
+        ["root", "dev", "prod", "_tls"],
+        "root first, then intermediates by id, then the TLS issuer"
     );
     assert_eq!(
         store.authority("dev").await.expect("dev"),
@@ -293,4 +295,93 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].result, AuditResult::Denied);
     assert_eq!(store.audit_entries(None, 2).await.expect("audit").len(), 2);
+
+    let live = store.count_live_certificates(now).await.expect("count");
+    assert_eq!(live, [("dev".to_string(), 1), ("prod".to_string(), 2)]);
+
+    tokens(store).await;
+}
+
+async fn tokens(store: &dyn Store) {
+    let token = |id: &str, max_uses: u32, expires_at: i64| TokenRecord {
+        id: id.into(),
+        token_hash: format!("hash-{id}"),
+        env: "ci".into(),
+        service: "api".into(),
+        max_uses,
+        uses: 0,
+        created_at: 1_000,
+        expires_at,
+        created_by: "cli:tester".into(),
+        revoked_at: None,
+    };
+    let single = token("t1", 1, 10_000);
+    store.insert_token(&single).await.expect("insert");
+    assert!(matches!(
+        store.insert_token(&single).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.token("t1").await.expect("get"), Some(single.clone()));
+    assert_eq!(store.token("nope").await.expect("get"), None);
+
+    assert!(
+        !store.spend_token("t1", 10_000).await.expect("spend"),
+        "expired at 10000"
+    );
+    assert!(store.spend_token("t1", 5_000).await.expect("spend"));
+    assert!(
+        !store.spend_token("t1", 5_000).await.expect("spend"),
+        "single use"
+    );
+    store.refund_token("t1").await.expect("refund");
+    assert!(
+        store.spend_token("t1", 5_000).await.expect("spend"),
+        "refunded use can be spent again"
+    );
+    assert!(!store.spend_token("nope", 5_000).await.expect("spend"));
+
+    let multi = token("t2", 3, 10_000);
+    store.insert_token(&multi).await.expect("insert");
+    for _ in 0..3 {
+        assert!(store.spend_token("t2", 5_000).await.expect("spend"));
+    }
+    assert!(
+        !store.spend_token("t2", 5_000).await.expect("spend"),
+        "cap reached"
+    );
+
+    let revocable = token("t3", 5, 10_000);
+    store.insert_token(&revocable).await.expect("insert");
+    assert!(store.revoke_token("t3", 6_000).await.expect("revoke"));
+    assert!(
+        !store.revoke_token("t3", 6_001).await.expect("revoke"),
+        "already revoked"
+    );
+    assert!(
+        !store.spend_token("t3", 6_500).await.expect("spend"),
+        "revoked"
+    );
+
+    let usable: Vec<String> = store
+        .list_tokens(Some(5_000))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(
+        usable.is_empty(),
+        "t1 and t2 used up, t3 revoked: {usable:?}"
+    );
+    let fresh = token("t4", 2, 10_000);
+    store.insert_token(&fresh).await.expect("insert");
+    let usable: Vec<String> = store
+        .list_tokens(Some(5_000))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(usable, ["t4"]);
+    assert_eq!(store.list_tokens(None).await.expect("list").len(), 4);
 }

@@ -57,6 +57,9 @@ pub struct CaSettings {
     pub keys_sealed: bool,
     /// Whether the root key was moved out of the store.
     pub root_offline: bool,
+    /// Host names and addresses the CA server's HTTPS certificate may carry (fixed at init by
+    /// the name constraints of its intermediate).
+    pub server_names: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -69,13 +72,17 @@ pub enum AuthorityKind {
     Root,
     /// An environment's issuing CA.
     Intermediate,
+    /// The issuer of the CA server's own HTTPS certificate.
+    Tls,
 }
 
 impl AuthorityKind {
-    fn as_str(self) -> &'static str {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
         match self {
             AuthorityKind::Root => "root",
             AuthorityKind::Intermediate => "intermediate",
+            AuthorityKind::Tls => "tls",
         }
     }
 }
@@ -119,6 +126,8 @@ pub enum IssuedVia {
     Enroll,
     /// Renewal over mTLS.
     Renew,
+    /// The CA server's own HTTPS certificate.
+    Server,
 }
 
 impl IssuedVia {
@@ -128,6 +137,7 @@ impl IssuedVia {
             IssuedVia::Cli => "cli",
             IssuedVia::Enroll => "enroll",
             IssuedVia::Renew => "renew",
+            IssuedVia::Server => "server",
         }
     }
 
@@ -136,6 +146,7 @@ impl IssuedVia {
             "cli" => Some(IssuedVia::Cli),
             "enroll" => Some(IssuedVia::Enroll),
             "renew" => Some(IssuedVia::Renew),
+            "server" => Some(IssuedVia::Server),
             _ => None,
         }
     }
@@ -303,6 +314,39 @@ pub struct AuditEntry {
     pub reason: Option<String>,
 }
 
+/// An enrollment token. The secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Public id (also the first part of the token text).
+    pub id: String,
+    /// SHA-256 of the secret part, hex.
+    #[serde(skip)]
+    pub token_hash: String,
+    /// Environment the token enrolls into.
+    pub env: String,
+    /// Service the token enrolls as.
+    pub service: String,
+    /// How many enrollments it allows (1 unless a CI token).
+    pub max_uses: u32,
+    /// How many it has been used for.
+    pub uses: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Who minted it.
+    pub created_by: String,
+    /// Unix seconds, when revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRecord {
+    /// Whether the token can still enroll at `now`.
+    pub fn usable(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now && self.uses < self.max_uses
+    }
+}
+
 /// Everything `init` writes, in one transaction.
 #[derive(Debug, Clone)]
 pub struct NewCa {
@@ -350,4 +394,19 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<AuditEntry>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Number of unrevoked, unexpired certificates per environment.
+    async fn count_live_certificates(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Stores a new token; `Conflict` if the id or hash exists.
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// One token by id.
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Atomically spends one use of a usable token; `false` if it is used up, expired, revoked
+    /// or unknown. Concurrent callers can never spend more uses than the token has.
+    async fn spend_token(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+    /// Gives back a use spent by an enrollment that then failed inside the CA.
+    async fn refund_token(&self, id: &str) -> Result<(), StoreError>;
+    /// Tokens, newest first; only those usable at `usable_at` when given.
+    async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes a token; `false` if unknown or already revoked.
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
 }

@@ -1,7 +1,6 @@
 //! SQLite backend: one file, WAL, `synchronous=FULL`, foreign keys on.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +12,7 @@ use sqlx::sqlite::{
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError, TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -66,6 +65,7 @@ fn authority_from_row(r: &SqliteRow) -> Result<AuthorityRecord, StoreError> {
         kind: match kind.as_str() {
             "root" => AuthorityKind::Root,
             "intermediate" => AuthorityKind::Intermediate,
+            "tls" => AuthorityKind::Tls,
             other => return Err(StoreError::Corrupt(format!("authority kind {other:?}"))),
         },
         env: r.try_get("env")?,
@@ -105,6 +105,25 @@ fn certificate_from_row(r: &SqliteRow) -> Result<CertificateRecord, StoreError> 
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
         revocation_reason: r.try_get("revocation_reason")?,
+    })
+}
+
+fn token_from_row(r: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let count = |col: &str| -> Result<u32, StoreError> {
+        let v: i64 = r.try_get(col)?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("token {col} {v}")))
+    };
+    Ok(TokenRecord {
+        id: r.try_get("id")?,
+        token_hash: r.try_get("token_hash")?,
+        env: r.try_get("env")?,
+        service: r.try_get("service")?,
+        max_uses: count("max_uses")?,
+        uses: count("uses")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        created_by: r.try_get("created_by")?,
+        revoked_at: r.try_get("revoked_at")?,
     })
 }
 
@@ -151,13 +170,14 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let s = &ca.settings;
         let res = sqlx::query(
-            "INSERT INTO ca_settings (id, trust_domain, policy_path, keys_sealed, root_offline, created_at) \
-             VALUES (1, ?, ?, ?, ?, ?)",
+            "INSERT INTO ca_settings (id, trust_domain, policy_path, keys_sealed, root_offline, server_names, \
+             created_at) VALUES (1, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.trust_domain)
         .bind(&s.policy_path)
         .bind(i64::from(s.keys_sealed))
         .bind(i64::from(s.root_offline))
+        .bind(json_list(&s.server_names))
         .bind(s.created_at)
         .execute(&mut *tx)
         .await;
@@ -203,7 +223,8 @@ impl Store for SqliteStore {
 
     async fn settings(&self) -> Result<Option<CaSettings>, StoreError> {
         let row = sqlx::query(
-            "SELECT trust_domain, policy_path, keys_sealed, root_offline, created_at FROM ca_settings WHERE id = 1",
+            "SELECT trust_domain, policy_path, keys_sealed, root_offline, server_names, created_at \
+             FROM ca_settings WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -213,6 +234,7 @@ impl Store for SqliteStore {
                 policy_path: r.try_get("policy_path")?,
                 keys_sealed: r.try_get::<i64, _>("keys_sealed")? != 0,
                 root_offline: r.try_get::<i64, _>("root_offline")? != 0,
+                server_names: parse_list("server_names", &r.try_get::<String, _>("server_names")?)?,
                 created_at: r.try_get("created_at")?,
             })
         })
@@ -220,9 +242,10 @@ impl Store for SqliteStore {
     }
 
     async fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM authorities ORDER BY kind = 'intermediate', id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM authorities ORDER BY kind <> 'root', kind = 'tls', id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(authority_from_row).collect()
     }
 
@@ -357,16 +380,95 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-}
 
-impl FromStr for AuthorityKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "root" => Ok(AuthorityKind::Root),
-            "intermediate" => Ok(AuthorityKind::Intermediate),
-            other => Err(format!("unknown authority kind {other:?}")),
+    async fn count_live_certificates(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT env, COUNT(*) AS n FROM certificates WHERE revoked_at IS NULL AND not_after > ? \
+             GROUP BY env ORDER BY env",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("env")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO tokens (id, token_hash, env, service, max_uses, uses, created_at, expires_at, \
+             created_by, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.token_hash)
+        .bind(&t.env)
+        .bind(&t.service)
+        .bind(i64::from(t.max_uses))
+        .bind(i64::from(t.uses))
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(&t.created_by)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "token {} already exists",
+                t.id
+            ))),
+            r => r.map(|_| ()).map_err(Into::into),
         }
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn spend_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        // One conditional UPDATE: SQLite serialises writers, so the check and the increment
+        // cannot interleave with another enrollment's.
+        let done = sqlx::query(
+            "UPDATE tokens SET uses = uses + 1 \
+             WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn refund_token(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = ? AND uses > 0")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM tokens WHERE (?1 IS NULL OR (revoked_at IS NULL AND expires_at > ?1 AND uses < max_uses)) \
+             ORDER BY created_at DESC, id",
+        )
+        .bind(usable_at)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

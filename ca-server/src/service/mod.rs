@@ -1,9 +1,17 @@
-//! Use cases: create a CA, issue, look up. Ties policy, CSR screening, the signer and the store
-//! together; the CLI and the HTTP API both call these and nothing below them.
+//! Use cases: create a CA, issue, enroll, renew, tokens, look-ups. Ties policy, CSR screening,
+//! the signer and the store together; the CLI and the HTTP API both call these and nothing below.
 //!
-//! Issuance, in order: screen the CSR; ask policy; load the issuer; reserve a fresh random serial
-//! in the store; sign; self-check (in the signer); commit the certificate row and its audit entry;
-//! only then return the certificate. Refusals are audited too.
+//! Issuance, in order: screen the CSR; ask policy ([`Ca::prepare`]); load the issuer; reserve a
+//! fresh random serial in the store; sign; self-check (in the signer); commit the certificate row
+//! with its audit entry; only then return the certificate ([`Ca::complete`]). Refusals are audited.
+
+mod init;
+mod mtls;
+mod tokens;
+
+pub use init::{BuiltCa, CaLifetimes, DEFAULT_SERVER_NAMES, build_ca, split_server_names};
+pub use mtls::{EnrollInput, RenewInput, ServerCert};
+pub use tokens::{CreatedToken, TokenInput, parse_token};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,25 +19,24 @@ use std::sync::{Arc, Mutex};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::authority::{
-    self, AuthorityError, CaKey, DistributionUrls, IntermediateSpec, Issued, LeafSpec, RootSpec,
-    Signer,
-};
+use crate::authority::{self, AuthorityError, CaKey, DistributionUrls, LeafSpec, Signer};
 use crate::clock::{Clock, whole_seconds};
-use crate::csr::{CsrError, validate_csr};
+use crate::csr::{CsrError, ValidatedCsr, validate_csr};
 use crate::error::{Classify, ErrorKind};
 use crate::pki::{Fingerprint, Identity, Serial};
-use crate::policy::{IssueRequest, Policy, PolicyError, PolicyViolation};
-use crate::sealed::{self, Passphrase, SealError, Sealer};
+use crate::policy::{Decision, IssueRequest, Policy, PolicyError, PolicyViolation};
+use crate::sealed::{self, Passphrase, SealError};
 use crate::store::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertificateFilter,
-    CertificateRecord, IssuedVia, NewCa, Store, StoreError,
+    AuditEntry, AuditResult, AuthorityRecord, CaSettings, CertificateFilter, CertificateRecord,
+    IssuedVia, Store, StoreError,
 };
 
 /// Id of the root in the authorities table.
 pub const ROOT_ID: &str = "root";
+/// Id of the intermediate that issues the CA server's HTTPS certificate (never an environment
+/// name: those cannot start with `_`).
+pub const TLS_ID: &str = "_tls";
 
 /// Why a use case failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +76,15 @@ pub enum ServiceError {
         /// In the current policy.
         policy: String,
     },
+    /// The enrollment token is unknown, malformed, expired, used up or revoked.
+    #[error("{0}")]
+    Token(String),
+    /// The caller presented no usable credential (client certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A lookup found nothing.
     #[error("{0}")]
     NotFound(String),
@@ -90,193 +106,26 @@ impl Classify for ServiceError {
             ServiceError::NoIssuer(_) | ServiceError::TrustDomainChanged { .. } => {
                 ErrorKind::Internal
             }
+            ServiceError::Token(_) | ServiceError::Unauthenticated(_) => ErrorKind::Unauthorized,
+            ServiceError::Forbidden(_) => ErrorKind::Denied,
             ServiceError::Invalid(_) => ErrorKind::BadRequest,
         }
     }
 }
 
-/// Lifetimes of the CA certificates created at init.
-#[derive(Debug, Clone, Copy)]
-pub struct CaLifetimes {
-    /// Root validity (default 10 years).
-    pub root: Duration,
-    /// Intermediate validity (default 1 year, capped by the root).
-    pub intermediate: Duration,
-}
-
-impl Default for CaLifetimes {
-    fn default() -> Self {
-        CaLifetimes {
-            root: Duration::days(3650),
-            intermediate: Duration::days(365),
-        }
-    }
-}
-
-/// A CA built in memory by [`build_ca`], ready to be stored.
-#[derive(Debug)]
-pub struct BuiltCa {
-    /// What to write to the store.
-    pub new_ca: NewCa,
-    /// The root key to export when the root goes offline (sealed or plain text).
-    pub root_key_export: Option<String>,
-    /// SHA-256 fingerprint of the root certificate.
-    pub root_fingerprint: Fingerprint,
-    /// The root certificate PEM.
-    pub root_pem: String,
-}
-
-fn random_serial() -> Result<Serial, ServiceError> {
-    let mut bytes = [0u8; 16];
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ServiceError> {
+    let mut bytes = [0u8; N];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| ServiceError::Seal(SealError::Random))?;
+    Ok(bytes)
+}
+
+pub(crate) fn random_serial() -> Result<Serial, ServiceError> {
+    let mut bytes: [u8; 16] = random_bytes()?;
     // Positive (top bit clear) and a non-zero first byte, so every serial is 16 bytes long.
     bytes[0] = (bytes[0] & 0x7f).max(1);
     Ok(Serial::from_bytes(&bytes))
-}
-
-fn subject_of(der: &[u8]) -> String {
-    X509Certificate::from_der(der)
-        .map(|(_, c)| c.subject().to_string())
-        .unwrap_or_default()
-}
-
-fn authority_record(
-    id: &str,
-    kind: AuthorityKind,
-    parent: Option<&str>,
-    issued: &Issued,
-    serial: &Serial,
-    sealed_key: Option<String>,
-    now: i64,
-) -> AuthorityRecord {
-    AuthorityRecord {
-        id: id.to_string(),
-        kind,
-        env: (kind == AuthorityKind::Intermediate).then(|| id.to_string()),
-        parent_id: parent.map(str::to_string),
-        serial: serial.to_hex(),
-        subject: subject_of(&issued.der),
-        cert_pem: issued.pem.clone(),
-        sealed_key,
-        fingerprint: issued.fingerprint.to_hex(),
-        not_before: issued.not_before.unix_timestamp(),
-        not_after: issued.not_after.unix_timestamp(),
-        created_at: now,
-    }
-}
-
-/// Creates a root and one intermediate per policy environment, keys sealed with `passphrase`
-/// (or stored in the clear when `None`, for development only).
-pub fn build_ca(
-    policy: &Policy,
-    policy_path: &str,
-    passphrase: Option<&Passphrase>,
-    lifetimes: CaLifetimes,
-    root_offline: bool,
-    now: OffsetDateTime,
-    actor: &str,
-) -> Result<BuiltCa, ServiceError> {
-    let now = whole_seconds(now);
-    let sealer = match passphrase {
-        Some(p) => {
-            p.check_strength()?;
-            Some(Sealer::new(p)?)
-        }
-        None => None,
-    };
-    let store_key = |slot: &str, key: &CaKey| -> Result<String, ServiceError> {
-        let pkcs8 = key.pkcs8();
-        Ok(match &sealer {
-            Some(s) => s.seal(slot, &pkcs8)?,
-            None => sealed::plain(&pkcs8),
-        })
-    };
-    let td = policy.trust_domain.as_str();
-    let not_before = now - Duration::minutes(1);
-    let root_key = CaKey::generate()?;
-    let root_serial = random_serial()?;
-    let root_cert = authority::create_root(
-        &RootSpec {
-            trust_domain: td,
-            serial: &root_serial,
-            not_before,
-            not_after: now + lifetimes.root,
-        },
-        &root_key,
-    )?;
-    let root_stored = store_key(ROOT_ID, &root_key)?;
-    let root_fingerprint = root_cert.fingerprint;
-    let root_pem = root_cert.pem.clone();
-    let ts = now.unix_timestamp();
-    let (root_in_store, root_key_export) = if root_offline {
-        (None, Some(root_stored))
-    } else {
-        (Some(root_stored), None)
-    };
-    let mut authorities = vec![authority_record(
-        ROOT_ID,
-        AuthorityKind::Root,
-        None,
-        &root_cert,
-        &root_serial,
-        root_in_store,
-        ts,
-    )];
-    let root = Signer::new(root_cert.der.clone(), root_key)?;
-    for (env, e) in &policy.environments {
-        let key = CaKey::generate()?;
-        let serial = random_serial()?;
-        let cert = authority::create_intermediate(
-            &IntermediateSpec {
-                trust_domain: td,
-                env,
-                dns_suffixes: &e.dns_suffixes,
-                serial: &serial,
-                not_before,
-                not_after: now + lifetimes.intermediate,
-            },
-            &key,
-            &root,
-        )?;
-        let stored = store_key(env, &key)?;
-        authorities.push(authority_record(
-            env,
-            AuthorityKind::Intermediate,
-            Some(ROOT_ID),
-            &cert,
-            &serial,
-            Some(stored),
-            ts,
-        ));
-    }
-    Ok(BuiltCa {
-        new_ca: NewCa {
-            settings: CaSettings {
-                trust_domain: td.to_string(),
-                policy_path: policy_path.to_string(),
-                keys_sealed: passphrase.is_some(),
-                root_offline,
-                created_at: ts,
-            },
-            authorities,
-            audit: AuditEntry {
-                id: 0,
-                at: ts,
-                actor: actor.to_string(),
-                action: "init".into(),
-                env: None,
-                service: None,
-                serial: Some(root_serial.to_hex()),
-                result: AuditResult::Ok,
-                reason: Some(format!("root sha256 {root_fingerprint}")),
-            },
-        },
-        root_key_export,
-        root_fingerprint,
-        root_pem,
-    })
 }
 
 /// How leaves are issued, beyond policy.
@@ -302,9 +151,9 @@ impl Default for IssueSettings {
 pub struct IssueInput {
     /// Who the certificate is for.
     pub identity: Identity,
-    /// Requested DNS names; when empty, the CSR's requested names are used.
+    /// Requested DNS names; when empty (and `ips` too), the CSR's requested names are used.
     pub dns: Vec<String>,
-    /// Requested IP SANs; when empty (and `dns` is empty), the CSR's requested IPs are used.
+    /// Requested IP SANs.
     pub ips: Vec<IpAddr>,
     /// Requested lifetime (policy default when `None`).
     pub ttl: Option<Duration>,
@@ -314,6 +163,15 @@ pub struct IssueInput {
     pub via: IssuedVia,
     /// Who asked, for the record and the audit log.
     pub actor: String,
+}
+
+/// A request that passed CSR screening and policy: ready to sign.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The screened CSR.
+    pub csr: ValidatedCsr,
+    /// Policy's decision.
+    pub decision: Decision,
 }
 
 /// An issued leaf and what to hand out with it.
@@ -327,6 +185,14 @@ pub struct IssueOutput {
     pub chain_pem: String,
     /// Trust bundle for the environment: root, then its intermediate.
     pub bundle_pem: String,
+}
+
+impl IssueOutput {
+    /// When a holder should renew: two thirds into the certificate's lifetime.
+    pub fn renew_after(&self) -> i64 {
+        let r = &self.record;
+        r.not_before + (r.not_after - r.not_before) * 2 / 3
+    }
 }
 
 /// The CA's use cases over one store.
@@ -397,6 +263,11 @@ impl Ca {
         whole_seconds(self.clock.now())
     }
 
+    /// The current time according to the CA's clock, in Unix seconds.
+    pub fn now_unix(&self) -> i64 {
+        self.now().unix_timestamp()
+    }
+
     async fn authority(&self, id: &str) -> Result<AuthorityRecord, ServiceError> {
         self.store.authority(id).await?.ok_or_else(|| {
             if id == ROOT_ID {
@@ -407,30 +278,40 @@ impl Ca {
         })
     }
 
-    /// The signer of environment `env`, opened once and cached.
-    pub async fn signer(&self, env: &str) -> Result<Arc<Signer>, ServiceError> {
+    /// The signer of authority `id` (an environment, or [`TLS_ID`]), opened once and cached.
+    pub async fn signer(&self, id: &str) -> Result<Arc<Signer>, ServiceError> {
         if let Some(s) = self
             .signers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(env)
+            .get(id)
         {
             return Ok(s.clone());
         }
-        let rec = self.authority(env).await?;
+        let rec = self.authority(id).await?;
         let stored = rec
             .sealed_key
             .as_deref()
-            .ok_or_else(|| ServiceError::NoIssuer(env.to_string()))?;
-        let pkcs8 = sealed::open(env, stored, self.passphrase.as_ref())?;
+            .ok_or_else(|| ServiceError::NoIssuer(id.to_string()))?;
+        let pkcs8 = sealed::open(id, stored, self.passphrase.as_ref())?;
         let key = CaKey::from_pkcs8(&pkcs8)?;
         let der = pem_to_der(&rec.cert_pem)?;
         let signer = Arc::new(Signer::new(der, key)?);
         self.signers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(env.to_string(), signer.clone());
+            .insert(id.to_string(), signer.clone());
         Ok(signer)
+    }
+
+    /// Opens every signer the policy needs (all environments and the TLS issuer), so a wrong
+    /// passphrase or a missing intermediate fails at start-up rather than on the first request.
+    pub async fn load_signers(&self) -> Result<(), ServiceError> {
+        for env in self.policy.environments.keys() {
+            self.signer(env).await?;
+        }
+        self.signer(TLS_ID).await?;
+        Ok(())
     }
 
     /// PEM of the root certificate.
@@ -450,14 +331,26 @@ impl Ca {
         Ok(format!("{}{}", root.cert_pem, int.cert_pem))
     }
 
-    async fn audit_refusal(&self, input: &IssueInput, err: &ServiceError) {
-        let entry = AuditEntry {
+    pub(crate) async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(error = %e, action = %entry.action, "could not append to the audit log");
+        }
+    }
+
+    pub(crate) async fn audit_refusal(
+        &self,
+        action: &str,
+        actor: &str,
+        identity: Option<&Identity>,
+        err: &ServiceError,
+    ) {
+        self.audit(AuditEntry {
             id: 0,
-            at: self.now().unix_timestamp(),
-            actor: input.actor.clone(),
-            action: input.via.as_str().replace("cli", "issue"),
-            env: Some(input.identity.env.clone()),
-            service: Some(input.identity.service.clone()),
+            at: self.now_unix(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            env: identity.map(|i| i.env.clone()),
+            service: identity.map(|i| i.service.clone()),
             serial: None,
             result: if err.kind() == ErrorKind::Internal {
                 AuditResult::Error
@@ -465,24 +358,25 @@ impl Ca {
                 AuditResult::Denied
             },
             reason: Some(err.to_string()),
-        };
-        if let Err(e) = self.store.append_audit(&entry).await {
-            tracing::error!(error = %e, "could not append a refusal to the audit log");
-        }
+        })
+        .await;
     }
 
-    /// Issues a leaf (see the module docs for the steps). Refusals are audited.
+    /// Issues a leaf: [`Ca::prepare`] then [`Ca::complete`]. Refusals are audited.
     pub async fn issue(&self, input: IssueInput) -> Result<IssueOutput, ServiceError> {
-        match self.issue_inner(&input).await {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                self.audit_refusal(&input, &e).await;
-                Err(e)
-            }
+        let result = match self.prepare(&input) {
+            Ok(p) => self.complete(&input, p).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.audit_refusal(action_of(input.via), &input.actor, Some(&input.identity), e)
+                .await;
         }
+        result
     }
 
-    async fn issue_inner(&self, input: &IssueInput) -> Result<IssueOutput, ServiceError> {
+    /// Screens the CSR and asks policy. Pure: nothing is written.
+    pub fn prepare(&self, input: &IssueInput) -> Result<Prepared, ServiceError> {
         let csr = validate_csr(&input.csr)?;
         let (dns, ips) = if input.dns.is_empty() && input.ips.is_empty() {
             (csr.requested_dns.clone(), csr.requested_ips.clone())
@@ -496,28 +390,37 @@ impl Ca {
             ttl: input.ttl,
             key_type: csr.key_type,
         })?;
-        let env = &input.identity.env;
-        let signer = self.signer(env).await?;
-        let now = self.now();
+        Ok(Prepared { csr, decision })
+    }
 
-        let mut serial = random_serial()?;
+    async fn reserve_serial(&self, now: OffsetDateTime) -> Result<Serial, ServiceError> {
         let mut attempts = 0;
         loop {
+            let serial = random_serial()?;
             match self
                 .store
                 .reserve_serial(&serial, now.unix_timestamp())
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => return Ok(serial),
                 // 2^-126 per draw; retrying a few times turns a miracle into a non-event.
-                Err(StoreError::Conflict(_)) if attempts < 3 => {
-                    attempts += 1;
-                    serial = random_serial()?;
-                }
+                Err(StoreError::Conflict(_)) if attempts < 3 => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
 
+    /// Signs a prepared request and commits it (with its audit entry) before returning it.
+    pub async fn complete(
+        &self,
+        input: &IssueInput,
+        prepared: Prepared,
+    ) -> Result<IssueOutput, ServiceError> {
+        let Prepared { csr, decision } = prepared;
+        let env = &input.identity.env;
+        let signer = self.signer(env).await?;
+        let now = self.now();
+        let serial = self.reserve_serial(now).await?;
         let urls = self.issue.public_url.as_ref().map(|base| {
             let base = base.trim_end_matches('/');
             DistributionUrls {
@@ -528,7 +431,7 @@ impl Ca {
         let issued = authority::sign_leaf(
             &LeafSpec {
                 trust_domain: &self.settings.trust_domain,
-                identity: &input.identity,
+                identity: Some(&input.identity),
                 dns: &decision.dns,
                 ips: &decision.ips,
                 spki_der: &csr.spki_der,
@@ -565,7 +468,7 @@ impl Ca {
             id: 0,
             at: now.unix_timestamp(),
             actor: input.actor.clone(),
-            action: input.via.as_str().replace("cli", "issue"),
+            action: action_of(input.via).to_string(),
             env: Some(env.clone()),
             service: Some(input.identity.service.clone()),
             serial: Some(record.serial.clone()),
@@ -591,7 +494,7 @@ impl Ca {
         mut filter: CertificateFilter,
     ) -> Result<Vec<CertificateRecord>, ServiceError> {
         if filter.now == 0 {
-            filter.now = self.now().unix_timestamp();
+            filter.now = self.now_unix();
         }
         Ok(self.store.list_certificates(&filter).await?)
     }
@@ -603,10 +506,15 @@ impl Ca {
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no certificate with serial {serial}")))
     }
+}
 
-    /// The current time according to the CA's clock, in Unix seconds.
-    pub fn now_unix(&self) -> i64 {
-        self.now().unix_timestamp()
+/// The audit action name of an issuance path.
+fn action_of(via: IssuedVia) -> &'static str {
+    match via {
+        IssuedVia::Cli => "issue",
+        IssuedVia::Enroll => "enroll",
+        IssuedVia::Renew => "renew",
+        IssuedVia::Server => "server-cert",
     }
 }
 
@@ -626,7 +534,11 @@ mod tests {
     use crate::store::SqliteStore;
     use rcgen::{CertificateParams, KeyPair};
 
-    const POLICY: &str = include_str!("../../policies/example.toml");
+    pub(crate) fn default_names() -> Vec<String> {
+        DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    const POLICY: &str = include_str!("../../../policies/example.toml");
 
     async fn ca(dir: &std::path::Path, sealed_with: Option<&str>) -> Ca {
         let policy = Policy::from_toml(POLICY, "example.toml").expect("policy");
@@ -637,6 +549,7 @@ mod tests {
             "example.toml",
             pass.as_ref(),
             CaLifetimes::default(),
+            &default_names(),
             false,
             now,
             "test",
@@ -795,6 +708,7 @@ mod tests {
             "p",
             Some(&Passphrase::new("short".into())),
             CaLifetimes::default(),
+            &default_names(),
             false,
             OffsetDateTime::now_utc(),
             "t",

@@ -1,0 +1,381 @@
+//! The HTTP API: thin axum handlers that turn JSON and the mTLS peer certificate into calls on
+//! the service layer, and results into JSON or problem documents.
+//!
+//! [`router`] takes the state and needs no socket, so tests drive it with `oneshot`; the TLS
+//! accept loop in [`crate::server`] puts the verified client chain into request extensions as
+//! [`PeerCertificates`].
+
+pub mod problem;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use problem::{ApiError, Outcome};
+
+use crate::duration::HumanDuration;
+use crate::service::{Ca, EnrollInput, IssueOutput, RenewInput};
+use crate::store::{CertStatus, CertificateFilter, CertificateRecord};
+
+/// Default cap on request bodies.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The CA's use cases.
+    pub ca: Arc<Ca>,
+    /// Renders Prometheus metrics, when a recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Request body cap, bytes.
+    pub max_body: usize,
+}
+
+/// The client certificate chain the TLS layer verified (leaf first), if the client sent one.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Option<Arc<Vec<Vec<u8>>>>);
+
+/// Extractor for the verified client leaf; never rejects (absence is the handler's decision).
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Option<Vec<u8>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientCert {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let leaf = parts
+            .extensions
+            .get::<PeerCertificates>()
+            .and_then(|p| p.0.as_ref())
+            .and_then(|chain| chain.first().cloned());
+        Ok(ClientCert(leaf))
+    }
+}
+
+impl ClientCert {
+    fn required(self) -> Result<Vec<u8>, ApiError> {
+        self.0.ok_or_else(ApiError::client_certificate_required)
+    }
+}
+
+/// `POST /v1/enroll` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Enrollment token.
+    pub token: String,
+    /// PEM CSR.
+    pub csr: String,
+    /// DNS names (default: the CSR's).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP SANs (default: the CSR's).
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// Lifetime such as `1h` (default: policy's).
+    pub ttl: Option<HumanDuration>,
+    /// Must match the token's environment, if given.
+    pub env: Option<String>,
+    /// Must match the token's service, if given.
+    pub service: Option<String>,
+}
+
+/// `POST /v1/renew` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM CSR with a new key.
+    pub csr: String,
+    /// DNS names (default: the CSR's, else the presented certificate's).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP SANs (default as for names).
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// Lifetime such as `1h`.
+    pub ttl: Option<HumanDuration>,
+    /// Must match the presented identity's environment, if given.
+    pub env: Option<String>,
+    /// Must match the presented identity's service, if given.
+    pub service: Option<String>,
+}
+
+/// The answer to enroll and renew.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertificateResponse {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Leaf PEM.
+    pub certificate: String,
+    /// Leaf followed by its intermediate, PEM.
+    pub chain: String,
+    /// Trust bundle of the environment (root, then intermediate), PEM.
+    pub bundle: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339: when to renew (two thirds into the lifetime).
+    pub renew_after: String,
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn issued_response(out: IssueOutput) -> Response {
+    let env = out.record.env.clone();
+    let body = CertificateResponse {
+        renew_after: rfc3339(out.renew_after()),
+        serial: out.record.serial,
+        spiffe_id: out.record.spiffe_id,
+        certificate: out.cert_pem,
+        chain: out.chain_pem,
+        bundle: out.bundle_pem,
+        not_before: rfc3339(out.record.not_before),
+        not_after: rfc3339(out.record.not_after),
+    };
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    resp.extensions_mut().insert(Outcome {
+        env: Some(env),
+        problem: None,
+    });
+    resp
+}
+
+async fn enroll(
+    State(st): State<AppState>,
+    body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let out = st
+        .ca
+        .enroll(EnrollInput {
+            token: req.token,
+            csr: req.csr.into_bytes(),
+            dns: req.dns,
+            ips: req.ips,
+            ttl: req.ttl.map(|t| t.0),
+            env: req.env,
+            service: req.service,
+        })
+        .await?;
+    Ok(issued_response(out))
+}
+
+async fn renew(
+    State(st): State<AppState>,
+    peer: ClientCert,
+    body: Result<Json<RenewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let presented = peer.required()?;
+    let Json(req) = body?;
+    let out = st
+        .ca
+        .renew(RenewInput {
+            presented,
+            csr: req.csr.into_bytes(),
+            dns: req.dns,
+            ips: req.ips,
+            ttl: req.ttl.map(|t| t.0),
+            env: req.env,
+            service: req.service,
+        })
+        .await?;
+    Ok(issued_response(out))
+}
+
+fn pem_response(pem: String) -> Response {
+    let mut resp = pem.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    resp
+}
+
+async fn roots(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(pem_response(st.ca.root_pem().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleQuery {
+    env: String,
+}
+
+async fn bundle(
+    State(st): State<AppState>,
+    q: Result<Query<BundleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    Ok(pem_response(st.ca.bundle(&q.env).await?))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    st.ca.store().ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: store unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "the database is unreachable",
+        )
+    })?;
+    st.ca.load_signers().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: issuers not loaded");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "issuers are not loaded",
+        )
+    })?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn render_metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let Some(handle) = &st.metrics else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "metrics are not enabled",
+        ));
+    };
+    let live = st
+        .ca
+        .store()
+        .count_live_certificates(st.ca.now_unix())
+        .await
+        .map_err(|e| ApiError::from(crate::service::ServiceError::from(e)))?;
+    for (env, n) in live {
+        metrics::gauge!("ca_live_certificates", "env" => env).set(n as f64);
+    }
+    let mut resp = handle.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminListQuery {
+    env: Option<String>,
+    service: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn admin_certs(
+    State(st): State<AppState>,
+    peer: ClientCert,
+    q: Result<Query<AdminListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<CertificateRecord>>, ApiError> {
+    let leaf = peer.required()?;
+    st.ca.authorize_admin(&leaf).await?;
+    let Query(q) = q?;
+    let status = q
+        .status
+        .map(|s| s.parse::<CertStatus>())
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e))?;
+    let certs = st
+        .ca
+        .list(CertificateFilter {
+            env: q.env,
+            service: q.service,
+            status,
+            limit: Some(q.limit.unwrap_or(1000).min(10_000)),
+            ..CertificateFilter::default()
+        })
+        .await?;
+    Ok(Json(certs))
+}
+
+async fn admin_fallback(State(st): State<AppState>, peer: ClientCert) -> ApiError {
+    let leaf = match peer.required() {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    match st.ca.authorize_admin(&leaf).await {
+        Ok(_) => ApiError::not_found(),
+        Err(e) => e.into(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// Records request latency, and issuance and refusal counts, from what handlers left in the
+/// response: metrics wrap the handlers instead of being sprinkled through them.
+async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("ca_http_request_duration_seconds", "method" => method, "path" => path.clone(), "status" => status)
+        .record(start.elapsed().as_secs_f64());
+    if let Some(o) = resp.extensions().get::<Outcome>() {
+        let env = o.env.clone().unwrap_or_else(|| "unknown".into());
+        let op = match path.as_str() {
+            "/v1/enroll" => "enroll",
+            "/v1/renew" => "renew",
+            _ => "other",
+        };
+        match o.problem {
+            None => metrics::counter!("ca_certificates_issued_total", "env" => env, "via" => op)
+                .increment(1),
+            Some(reason) => {
+                metrics::counter!("ca_requests_denied_total", "op" => op, "reason" => reason)
+                    .increment(1)
+            }
+        }
+    }
+    resp
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/renew", post(renew))
+        .route("/v1/roots", get(roots))
+        .route("/v1/bundle", get(bundle))
+        .route("/v1/admin/certs", get(admin_certs))
+        .route("/v1/admin/{*rest}", axum::routing::any(admin_fallback))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}

@@ -1,0 +1,369 @@
+//! `ca-server serve`: HTTPS with rustls (ring), optional client certificates, an own accept loop
+//! (axum's `serve` cannot expose peer certificates), graceful shutdown, and the server's own
+//! certificate issued by this CA and rotated in place before it expires.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration as StdDuration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::RootCertStore;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::Deserialize;
+use time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::api::{self, AppState, PeerCertificates};
+use crate::duration::HumanDuration;
+use crate::service::{Ca, DEFAULT_SERVER_NAMES, ServerCert, ServiceError, pem_to_der};
+use crate::store::AuthorityKind;
+
+/// Settings of `serve`, from the config file; flags and `CA_*` variables override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Names in the server's own certificate (a subset of those fixed at init).
+    pub server_names: Vec<String>,
+    /// Lifetime of the server's own certificate; renewed at two thirds.
+    pub server_cert_ttl: HumanDuration,
+    /// Base URL put into leaves as CRL and OCSP locations.
+    pub public_url: Option<String>,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            server_names: DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect(),
+            server_cert_ttl: HumanDuration(Duration::hours(24)),
+            public_url: None,
+            max_body_bytes: api::DEFAULT_MAX_BODY,
+            shutdown_grace: HumanDuration(Duration::seconds(30)),
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    file: String,
+    message: String,
+}
+
+impl crate::error::Classify for ConfigError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::BadRequest
+    }
+}
+
+impl ServeConfig {
+    /// Reads a config file (unknown keys are refused).
+    pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let cfg: ServeConfig =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        cfg.validate().map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.server_names.is_empty() {
+            return Err("server_names: list at least one name".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes: must be at least 1024".into());
+        }
+        if self.server_cert_ttl.0 < Duration::minutes(1) {
+            return Err("server_cert_ttl: must be at least 1m".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A use case failed (e.g. issuing the server certificate).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl crate::error::Classify for ServeError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ServeError::Service(e) => crate::error::Classify::kind(e),
+            _ => crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
+/// The server certificate in use, swapped atomically on rotation.
+#[derive(Debug)]
+struct RotatingCert(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for RotatingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+fn certified_key(cert: &ServerCert) -> Result<Arc<CertifiedKey>, ServeError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.to_vec()));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let chain = cert
+        .chain_der
+        .iter()
+        .map(|d| CertificateDer::from(d.clone()))
+        .collect();
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// Seconds until a certificate valid over [not_before, not_after] should be replaced.
+fn renew_in(not_before: i64, not_after: i64, now: i64) -> u64 {
+    let at = not_before + (not_after - not_before) * 2 / 3;
+    u64::try_from(at - now).unwrap_or(0).max(1)
+}
+
+async fn tls_config(
+    ca: &Ca,
+    resolver: Arc<RotatingCert>,
+) -> Result<rustls::ServerConfig, ServeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates are checked against the root and the environment intermediates as
+    // anchors, so a client that sends only its leaf still verifies. The TLS intermediate is not an
+    // anchor: its leaves are server certificates and never clients.
+    let mut roots = RootCertStore::empty();
+    for a in ca.store().authorities().await.map_err(ServiceError::from)? {
+        if a.kind == AuthorityKind::Tls {
+            continue;
+        }
+        let der = pem_to_der(&a.cert_pem)?;
+        roots
+            .add(CertificateDer::from(der))
+            .map_err(|e| ServeError::Tls(format!("authority {}: {e}", a.id)))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+/// (up to the configured grace). Prints `listening on https://ADDR` once ready.
+pub async fn serve(
+    ca: Arc<Ca>,
+    cfg: ServeConfig,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    ca.load_signers().await?;
+    let ttl = cfg.server_cert_ttl.0;
+    let first = ca.issue_server_cert(&cfg.server_names, ttl).await?;
+    let mut next_renewal = renew_in(first.not_before, first.not_after, ca.now_unix());
+    let resolver = Arc::new(RotatingCert(RwLock::new(certified_key(&first)?)));
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&ca, resolver.clone()).await?));
+
+    let rotation = {
+        let ca = ca.clone();
+        let names = cfg.server_names.clone();
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(StdDuration::from_secs(next_renewal)).await;
+                match ca.issue_server_cert(&names, ttl).await.and_then(|c| {
+                    certified_key(&c)
+                        .map(|k| (c, k))
+                        .map_err(|e| ServiceError::Invalid(e.to_string()))
+                }) {
+                    Ok((cert, key)) => {
+                        *resolver.0.write().unwrap_or_else(|e| e.into_inner()) = key;
+                        tracing::info!(serial = %cert.serial, "server certificate rotated");
+                        next_renewal = renew_in(cert.not_before, cert.not_after, ca.now_unix());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "server certificate rotation failed; retrying in 30s");
+                        next_renewal = 30;
+                    }
+                }
+            }
+        })
+    };
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let app = api::router(AppState {
+        ca: ca.clone(),
+        metrics,
+        max_body: cfg.max_body_bytes,
+    });
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on https://{addr}");
+        let _ = out.flush();
+    }
+    tracing::info!(%addr, "serving");
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(StdDuration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer_addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| Arc::new(c.iter().map(|d| d.to_vec()).collect::<Vec<_>>()));
+            let peer = PeerCertificates(chain);
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    rotation.abort();
+    tracing::info!("shutting down: waiting for in-flight requests");
+    let grace =
+        StdDuration::from_secs(u64::try_from(cfg.shutdown_grace.0.whole_seconds()).unwrap_or(30));
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_two_thirds_in() {
+        assert_eq!(renew_in(0, 300, 0), 200);
+        assert_eq!(renew_in(0, 300, 150), 50);
+        assert_eq!(renew_in(0, 300, 250), 1, "overdue renews at once");
+    }
+
+    #[test]
+    fn config_refuses_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").expect("write");
+        let e = ServeConfig::load(&p).expect_err("unknown key");
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        std::fs::write(&p, "max_body_bytes = 10\n").expect("write");
+        assert!(
+            ServeConfig::load(&p)
+                .expect_err("too small")
+                .to_string()
+                .contains("max_body_bytes")
+        );
+        std::fs::write(&p, "server_cert_ttl = \"2h\"\nlisten = \"127.0.0.1:0\"\n").expect("write");
+        let c = ServeConfig::load(&p).expect("valid");
+        assert_eq!(c.server_cert_ttl.0, Duration::hours(2));
+        assert_eq!(c.server_names, ServeConfig::default().server_names);
+    }
+}
