@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The one test command: installs the system tools the tests drive (openssl), then runs every test
+# The one test command: installs the system tools the tests drive (openssl, curl), then runs every test
 # of the workspace. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

@@ -93,8 +93,8 @@ impl ServeConfig {
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes: must be at least 1024".into());
         }
-        if self.server_cert_ttl.0 < Duration::minutes(1) {
-            return Err("server_cert_ttl: must be at least 1m".into());
+        if self.server_cert_ttl.0 < Duration::seconds(5) {
+            return Err("server_cert_ttl: must be at least 5s".into());
         }
         Ok(())
     }

@@ -201,3 +201,186 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+/// A running `ca-server serve` on 127.0.0.1 with a random port; SIGTERM and reaped on drop.
+pub struct Server {
+    child: Option<std::process::Child>,
+    pub url: String,
+    pub port: u16,
+    stderr_path: PathBuf,
+}
+
+impl TestCa {
+    /// Starts `ca-server serve --listen 127.0.0.1:0 EXTRA...` and waits for its ready line.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        use std::io::{BufRead, BufReader};
+        let stderr_path = self.tmp.path().join(format!(
+            "serve-{}.err",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ca-server"));
+        c.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(&self.data);
+        if let Some(pf) = &self.passphrase_file {
+            c.arg("--passphrase-file").arg(pf);
+        }
+        for var in [
+            "CA_DATA_DIR",
+            "CA_POLICY",
+            "CA_PASSPHRASE",
+            "CA_PASSPHRASE_FILE",
+            "CA_PUBLIC_URL",
+            "CA_LISTEN",
+            "CA_CONFIG",
+        ] {
+            c.env_remove(var);
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        let mut child = c.spawn().expect("start ca-server serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not report readiness; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        let url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in ready line");
+        Server {
+            child: Some(child),
+            url,
+            port,
+            stderr_path,
+        }
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits (bounded) for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server ignored SIGTERM for 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP answer seen by curl.
+#[derive(Debug)]
+pub struct Http {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+    pub curl_code: Option<i32>,
+    pub curl_err: String,
+}
+
+impl Http {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts a problem document with `status` and a `type` ending in `slug`.
+    #[track_caller]
+    pub fn expect_problem(&self, status: u16, slug: &str) -> serde_json::Value {
+        assert_eq!(
+            self.status, status,
+            "body: {} / curl: {}",
+            self.body, self.curl_err
+        );
+        assert!(
+            self.content_type.starts_with("application/problem+json"),
+            "content type {}",
+            self.content_type
+        );
+        let v = self.json();
+        assert_eq!(v["type"], format!("urn:ca-server:problem:{slug}"), "{v}");
+        assert_eq!(v["status"], status);
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        v
+    }
+}
+
+/// Runs curl with `args` against the server; `-w` reports status and content type.
+pub fn curl(args: &[&str]) -> Http {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{content_type}",
+    ])
+    .args(args);
+    let run = run_bounded(c, Duration::from_secs(30));
+    let (body, meta) = run
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or(("", run.stdout.as_str()));
+    let mut parts = meta.splitn(2, ' ');
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let content_type = parts.next().unwrap_or("").to_string();
+    Http {
+        status,
+        body: body.to_string(),
+        content_type,
+        curl_code: run.code,
+        curl_err: run.stderr,
+    }
+}

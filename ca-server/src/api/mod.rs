@@ -160,11 +160,32 @@ fn issued_response(out: IssueOutput) -> Response {
     resp
 }
 
+impl AppState {
+    /// Audits a request refused at the HTTP layer and hands the error back.
+    async fn rejected(&self, action: &str, actor: &str, err: ApiError) -> ApiError {
+        self.ca
+            .audit_rejected_request(action, actor, err.detail())
+            .await;
+        err
+    }
+}
+
+fn actor_of(leaf: &[u8]) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    match X509Certificate::from_der(leaf) {
+        Ok((_, c)) => format!("cert:{}", crate::pki::Serial::from_bytes(c.raw_serial())),
+        Err(_) => "cert:unparsable".into(),
+    }
+}
+
 async fn enroll(
     State(st): State<AppState>,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body?;
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(r) => return Err(st.rejected("enroll", "anonymous", r.into()).await),
+    };
     let out = st
         .ca
         .enroll(EnrollInput {
@@ -185,8 +206,14 @@ async fn renew(
     peer: ClientCert,
     body: Result<Json<RenewRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let presented = peer.required()?;
-    let Json(req) = body?;
+    let presented = match peer.required() {
+        Ok(p) => p,
+        Err(e) => return Err(st.rejected("renew", "anonymous", e).await),
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(r) => return Err(st.rejected("renew", &actor_of(&presented), r.into()).await),
+    };
     let out = st
         .ca
         .renew(RenewInput {

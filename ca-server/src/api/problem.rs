@@ -73,6 +73,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The client-safe detail.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 fn status_of(kind: ErrorKind) -> StatusCode {

@@ -337,6 +337,23 @@ impl Ca {
         }
     }
 
+    /// Records a request refused before it reached a use case (no client certificate,
+    /// malformed JSON, an oversized body): every enroll and renew attempt leaves a trace.
+    pub async fn audit_rejected_request(&self, action: &str, actor: &str, reason: &str) {
+        self.audit(AuditEntry {
+            id: 0,
+            at: self.now_unix(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            env: None,
+            service: None,
+            serial: None,
+            result: AuditResult::Denied,
+            reason: Some(reason.to_string()),
+        })
+        .await;
+    }
+
     pub(crate) async fn audit_refusal(
         &self,
         action: &str,
