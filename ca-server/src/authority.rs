@@ -75,6 +75,22 @@ impl CaKey {
     pub(crate) fn key_pair(&self) -> &KeyPair {
         &self.0
     }
+
+    /// Signs `msg` (ECDSA P-256 with SHA-256, DER-encoded signature: CA keys are always P-256).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+        use rcgen::SigningKey;
+        Ok(self.0.sign(msg)?)
+    }
+
+    /// DER AlgorithmIdentifier of the signatures [`CaKey::sign`] makes (ecdsa-with-SHA256).
+    pub fn signature_algorithm_der(&self) -> Vec<u8> {
+        yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 4, 3, 2]));
+            })
+        })
+    }
 }
 
 impl fmt::Debug for CaKey {

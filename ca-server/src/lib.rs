@@ -13,6 +13,7 @@ pub mod csr;
 pub mod duration;
 pub mod error;
 pub mod files;
+pub mod ocsp;
 pub mod pki;
 pub mod policy;
 pub mod sealed;

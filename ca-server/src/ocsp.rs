@@ -1,0 +1,1 @@
+//! OCSP (RFC 6960) request parsing and response signing.
