@@ -94,3 +94,18 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;
+
+-- The latest CRL of each issuer, and the last CRL number handed out (monotonic, never reused,
+-- even if a signed CRL is then lost).
+CREATE TABLE crl_numbers (
+    issuer_id    TEXT    PRIMARY KEY REFERENCES authorities (id),
+    last_number  INTEGER NOT NULL
+);
+
+CREATE TABLE crls (
+    issuer_id    TEXT    PRIMARY KEY REFERENCES authorities (id),
+    crl_number   INTEGER NOT NULL,
+    this_update  INTEGER NOT NULL,
+    next_update  INTEGER NOT NULL,
+    der          BLOB    NOT NULL
+);

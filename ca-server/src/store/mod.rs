@@ -347,6 +347,32 @@ impl TokenRecord {
     }
 }
 
+/// A revoked certificate as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Serial, hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// RFC 5280 reason name.
+    pub reason: String,
+}
+
+/// A signed CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// Issuing authority id.
+    pub issuer_id: String,
+    /// CRL number.
+    pub number: i64,
+    /// Unix seconds.
+    pub this_update: i64,
+    /// Unix seconds.
+    pub next_update: i64,
+    /// DER.
+    pub der: Vec<u8>,
+}
+
 /// Everything `init` writes, in one transaction.
 #[derive(Debug, Clone)]
 pub struct NewCa {
@@ -409,4 +435,19 @@ pub trait Store: Send + Sync {
     async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError>;
     /// Revokes a token; `false` if unknown or already revoked.
     async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Deletes tokens that expired before `before`; returns how many.
+    async fn prune_tokens(&self, before: i64) -> Result<u64, StoreError>;
+    /// Marks a certificate revoked and appends `audit`, atomically. `NotFound` for an unknown
+    /// serial, `Conflict` if it is already revoked.
+    async fn revoke_certificate(&self, serial: &Serial, at: i64, reason: &str, audit: &AuditEntry)
+    -> Result<(), StoreError>;
+    /// Revoked certificates of `issuer_id` whose notAfter is after `not_after_after`.
+    async fn revoked_entries(&self, issuer_id: &str, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// Hands out the next CRL number of `issuer_id` (1, 2, ...), never the same twice.
+    async fn next_crl_number(&self, issuer_id: &str) -> Result<i64, StoreError>;
+    /// Stores a CRL unless a CRL with a higher or equal number is already stored; returns
+    /// whether it was stored.
+    async fn save_crl(&self, crl: &CrlRecord) -> Result<bool, StoreError>;
+    /// The latest stored CRL of `issuer_id`.
+    async fn crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError>;
 }

@@ -12,7 +12,8 @@ use sqlx::sqlite::{
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, IssuedVia, NewCa, Store, StoreError, TokenRecord,
+    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store, StoreError,
+    TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -469,6 +470,110 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn prune_tokens(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE expires_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn revoke_certificate(
+        &self,
+        serial: &Serial,
+        at: i64,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ? AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(reason)
+        .bind(serial.to_hex())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM certificates WHERE serial = ?")
+                .bind(serial.to_hex())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict(format!("certificate {serial} is already revoked")),
+                None => StoreError::NotFound(format!("no certificate with serial {serial}")),
+            });
+        }
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoked_entries(&self, issuer_id: &str, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates \
+             WHERE issuer_id = ? AND revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial",
+        )
+        .bind(issuer_id)
+        .bind(not_after_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedEntry {
+                    serial: r.try_get("serial")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    reason: r.try_get("revocation_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_crl_number(&self, issuer_id: &str) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO crl_numbers (issuer_id, last_number) VALUES (?, 1) \
+             ON CONFLICT (issuer_id) DO UPDATE SET last_number = last_number + 1 RETURNING last_number",
+        )
+        .bind(issuer_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    async fn save_crl(&self, c: &CrlRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO crls (issuer_id, crl_number, this_update, next_update, der) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (issuer_id) DO UPDATE SET crl_number = excluded.crl_number, \
+             this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
+             WHERE excluded.crl_number > crls.crl_number",
+        )
+        .bind(&c.issuer_id)
+        .bind(c.number)
+        .bind(c.this_update)
+        .bind(c.next_update)
+        .bind(&c.der)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM crls WHERE issuer_id = ?")
+            .bind(issuer_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| -> Result<CrlRecord, StoreError> {
+            Ok(CrlRecord {
+                issuer_id: r.try_get("issuer_id")?,
+                number: r.try_get("crl_number")?,
+                this_update: r.try_get("this_update")?,
+                next_update: r.try_get("next_update")?,
+                der: r.try_get("der")?,
+            })
+        })
+        .transpose()
     }
 }
 
