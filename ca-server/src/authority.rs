@@ -87,7 +87,9 @@ impl CaKey {
         yasna::construct_der(|w| {
             w.write_sequence(|w| {
                 w.next()
-                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 4, 3, 2]));
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(&[
+                        1, 2, 840, 10045, 4, 3, 2,
+                    ]));
             })
         })
     }

@@ -57,9 +57,9 @@ pub enum OcspError {
     /// The responder was asked to build something invalid (a caller bug).
     #[error("invalid OCSP response input: {0}")]
     InvalidResponse(&'static str),
-    /// The signer's certificate does not parse.
-    #[error("OCSP signer certificate does not parse")]
-    SignerCertificate,
+    /// The CA (issuer or signer) certificate does not parse.
+    #[error("CA certificate does not parse")]
+    CaCertificate,
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] AuthorityError),
@@ -84,7 +84,7 @@ impl Classify for OcspError {
             | OcspError::NoCertIds
             | OcspError::TooManyCertIds
             | OcspError::UnsupportedHash(_) => ErrorKind::BadRequest,
-            OcspError::InvalidResponse(_) | OcspError::SignerCertificate | OcspError::Sign(_) => {
+            OcspError::InvalidResponse(_) | OcspError::CaCertificate | OcspError::Sign(_) => {
                 ErrorKind::Internal
             }
         }
@@ -156,7 +156,7 @@ impl CertId {
         serial: Serial,
     ) -> Result<CertId, OcspError> {
         let (name_hash, key_hash) =
-            issuer_hashes(hash, issuer_cert_der).ok_or(OcspError::SignerCertificate)?;
+            issuer_hashes(hash, issuer_cert_der).ok_or(OcspError::CaCertificate)?;
         let der = yasna::construct_der(|w| {
             w.write_sequence(|w| {
                 w.next().write_sequence(|w| {
@@ -493,7 +493,7 @@ pub fn build_response(
         .collect::<Result<Vec<_>, _>>()?;
     let produced_at = generalized_time(produced_at)?;
     let (_, signer_cert) =
-        X509Certificate::from_der(signer.cert_der()).map_err(|_| OcspError::SignerCertificate)?;
+        X509Certificate::from_der(signer.cert_der()).map_err(|_| OcspError::CaCertificate)?;
     let key_hash = HashAlg::Sha1.digest(&signer_cert.public_key().subject_public_key.data);
 
     let tbs = yasna::construct_der(|w| {
@@ -526,8 +526,7 @@ pub fn build_response(
         w.write_sequence(|w| {
             w.next().write_der(&tbs);
             w.next().write_der(&algorithm);
-            w.next()
-                .write_bitvec_bytes(&signature, signature.len() * 8);
+            w.next().write_bitvec_bytes(&signature, signature.len() * 8);
         })
     });
     Ok(yasna::construct_der(|w| {
@@ -580,7 +579,8 @@ mod tests {
     use crate::authority::tests::{TestPki, leaf_key, serial, test_pki};
     use crate::authority::{DistributionUrls, Issued, LeafSpec, pem_encode, sign_leaf};
     use crate::pki::{Identity, KeyType};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
+    use std::process::Command;
     use time::Duration;
 
     fn leaf(pki: &TestPki) -> Issued {
@@ -611,24 +611,591 @@ mod tests {
         .expect("signed")
     }
 
-    #[test]
-    fn scratch() {
+    /// A dev leaf and the PEM files openssl needs, in a fresh directory.
+    struct Fixture {
+        pki: TestPki,
+        leaf: Issued,
+        dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
         let pki = test_pki();
         let leaf = leaf(&pki);
-        let dir = Path::new("/tmp/ocsp-exp");
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("root.pem"), pem_encode("CERTIFICATE", pki.root.cert_der())).unwrap();
-        std::fs::write(dir.join("dev.pem"), pem_encode("CERTIFICATE", pki.dev.cert_der())).unwrap();
-        std::fs::write(dir.join("leaf.pem"), pem_encode("CERTIFICATE", &leaf.der)).unwrap();
-        let st = std::process::Command::new("openssl").current_dir(dir).args(["ocsp","-issuer","dev.pem","-cert","leaf.pem","-reqout","req.der"]).status().unwrap();
-        assert!(st.success());
-        let req = parse_request(&std::fs::read(dir.join("req.der")).unwrap()).unwrap();
-        eprintln!("{req:?}");
-        let mk = |status| SingleResponse { cert_id: req.cert_ids[0].clone(), status, this_update: pki.now, next_update: pki.now + Duration::hours(1) };
-        for (name, st) in [("good", CertStatus::Good), ("revoked", CertStatus::Revoked { at: pki.now - Duration::minutes(5), reason: Some(1) }), ("unknown", CertStatus::Unknown)] {
-            let r = build_response(&[mk(st)], req.nonce.as_deref(), pki.now, &pki.dev).unwrap();
-            std::fs::write(dir.join(format!("{name}.der")), r).unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
+        for (name, der) in [
+            ("root.pem", pki.root.cert_der()),
+            ("dev.pem", pki.dev.cert_der()),
+            ("leaf.pem", leaf.der.as_slice()),
+        ] {
+            std::fs::write(dir.path().join(name), pem_encode("CERTIFICATE", der)).expect("write");
         }
-        std::fs::write(dir.join("err.der"), error_response(ResponseStatus::TryLater)).unwrap();
+        Fixture { pki, leaf, dir }
+    }
+
+    /// Runs openssl in `dir`; returns (exit success, stdout + stderr).
+    fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs (scripts/test.sh installs it)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Has openssl write a request for the leaf; `opts` go before `-cert` (e.g. `-sha256`).
+    fn openssl_request(f: &Fixture, opts: &[&str], name: &str) -> Vec<u8> {
+        let mut args = vec!["ocsp"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["-issuer", "dev.pem", "-cert", "leaf.pem", "-reqout", name]);
+        let (ok, text) = openssl(f.dir.path(), &args);
+        assert!(ok, "{text}");
+        std::fs::read(f.dir.path().join(name)).expect("request written")
+    }
+
+    fn single(req: &OcspRequest, status: CertStatus, now: OffsetDateTime) -> SingleResponse {
+        SingleResponse {
+            cert_id: req.cert_ids[0].clone(),
+            status,
+            this_update: now,
+            next_update: now + Duration::hours(1),
+        }
+    }
+
+    /// Hex as openssl prints it in `-req_text`/`-resp_text` (upper case, no separators).
+    fn upper_hex(b: &[u8]) -> String {
+        hex::encode_upper(b)
+    }
+
+    #[test]
+    fn parses_openssl_requests() {
+        let f = fixture();
+        for (opts, hash) in [
+            (&[][..], HashAlg::Sha1),
+            (&["-no_nonce"][..], HashAlg::Sha1),
+            (&["-sha256"][..], HashAlg::Sha256),
+        ] {
+            let der = openssl_request(&f, opts, "req.der");
+            let req = parse_request(&der).expect("openssl request parses");
+            assert_eq!(req.cert_ids.len(), 1);
+            let id = &req.cert_ids[0];
+            assert_eq!(id.hash, hash);
+            assert_eq!(id.serial, serial(9));
+            assert!(id.matches_issuer(f.pki.dev.cert_der()));
+            assert!(!id.matches_issuer(f.pki.prod.cert_der()));
+            assert!(!id.matches_issuer(f.pki.root.cert_der()));
+            assert!(!id.matches_issuer(&f.leaf.der));
+            assert!(!id.matches_issuer(b"not a certificate"));
+            // Independent of our encoder: openssl's own CertID equals the one we compute.
+            let ours = CertId::for_serial(hash, f.pki.dev.cert_der(), serial(9)).expect("certid");
+            assert_eq!(&ours, id);
+
+            let (ok, text) = openssl(f.dir.path(), &["ocsp", "-reqin", "req.der", "-req_text"]);
+            assert!(ok, "{text}");
+            match (&req.nonce, opts.contains(&"-no_nonce")) {
+                (None, true) => assert!(!text.contains("OCSP Nonce"), "{text}"),
+                (Some(nonce), false) => {
+                    // openssl wraps its 16 random bytes in an OCTET STRING inside extnValue.
+                    assert_eq!(nonce.len(), 18);
+                    assert_eq!(&nonce[..2], &[0x04, 0x10]);
+                    assert!(text.contains(&upper_hex(nonce)), "{text}");
+                }
+                other => panic!("nonce {other:?} with options {opts:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn openssl_verifies_signed_responses() {
+        let f = fixture();
+        let now = f.pki.now;
+        let revoked_at = now - Duration::minutes(5);
+        let openssl_time = time::macros::format_description!(
+            "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
+        );
+        let revoked_text = format!(
+            "Revocation Time: {}",
+            revoked_at.format(&openssl_time).expect("format")
+        );
+        let cases = [
+            (CertStatus::Good, "good", None),
+            (
+                CertStatus::Revoked {
+                    at: revoked_at,
+                    reason: Some(1),
+                },
+                "revoked",
+                Some("keyCompromise"),
+            ),
+            (CertStatus::Unknown, "unknown", None),
+        ];
+        for hash_opts in [&[][..], &["-sha256"][..]] {
+            let with_nonce = openssl_request(&f, hash_opts, "req.der");
+            let mut no_nonce_opts = hash_opts.to_vec();
+            no_nonce_opts.push("-no_nonce");
+            let no_nonce = openssl_request(&f, &no_nonce_opts, "req-nn.der");
+            let req = parse_request(&with_nonce).expect("parses");
+            let req_nn = parse_request(&no_nonce).expect("parses");
+            assert!(req.nonce.is_some() && req_nn.nonce.is_none());
+
+            for (status, word, reason) in cases {
+                // 1. The request file as openssl wrote it: signature, chain to root and nonce.
+                let resp = build_response(
+                    &[single(&req, status, now)],
+                    req.nonce.as_deref(),
+                    now,
+                    &f.pki.dev,
+                )
+                .expect("response");
+                std::fs::write(f.dir.path().join("resp.der"), &resp).expect("write");
+                let (ok, text) = openssl(
+                    f.dir.path(),
+                    &[
+                        "ocsp",
+                        "-reqin",
+                        "req.der",
+                        "-respin",
+                        "resp.der",
+                        "-verify_other",
+                        "dev.pem",
+                        "-CAfile",
+                        "root.pem",
+                        "-resp_text",
+                    ],
+                );
+                assert!(ok && text.contains("Response verify OK"), "{text}");
+                assert!(
+                    !text.contains("Nonce Verify error") && !text.contains("WARNING"),
+                    "{text}"
+                );
+                assert!(text.contains(&format!("Cert Status: {word}")), "{text}");
+                if let Some(r) = reason {
+                    assert!(
+                        text.contains(&format!("Revocation Reason: {r} (0x1)")),
+                        "{text}"
+                    );
+                    assert!(text.contains(&revoked_text), "{text}");
+                }
+
+                // 2. openssl's per-certificate summary line (its fresh request has no nonce).
+                let resp = build_response(&[single(&req_nn, status, now)], None, now, &f.pki.dev)
+                    .expect("response");
+                std::fs::write(f.dir.path().join("resp.der"), &resp).expect("write");
+                let mut args = vec!["ocsp"];
+                args.extend_from_slice(hash_opts);
+                args.extend_from_slice(&[
+                    "-issuer",
+                    "dev.pem",
+                    "-cert",
+                    "leaf.pem",
+                    "-no_nonce",
+                    "-respin",
+                    "resp.der",
+                    "-verify_other",
+                    "dev.pem",
+                    "-CAfile",
+                    "root.pem",
+                ]);
+                let (ok, text) = openssl(f.dir.path(), &args);
+                assert!(ok && text.contains("Response verify OK"), "{text}");
+                assert!(text.contains(&format!("leaf.pem: {word}")), "{text}");
+                if let Some(r) = reason {
+                    assert!(text.contains(&format!("Reason: {r}")), "{text}");
+                    assert!(text.contains(&revoked_text), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn openssl_rejects_a_response_signed_by_another_ca() {
+        let f = fixture();
+        let der = openssl_request(&f, &[], "req.der");
+        let req = parse_request(&der).expect("parses");
+        let resp = build_response(
+            &[single(&req, CertStatus::Good, f.pki.now)],
+            req.nonce.as_deref(),
+            f.pki.now,
+            &f.pki.prod,
+        )
+        .expect("response");
+        std::fs::write(f.dir.path().join("resp.der"), &resp).expect("write");
+        let (ok, text) = openssl(
+            f.dir.path(),
+            &[
+                "ocsp",
+                "-reqin",
+                "req.der",
+                "-respin",
+                "resp.der",
+                "-issuer",
+                "dev.pem",
+                "-verify_other",
+                "dev.pem",
+                "-CAfile",
+                "root.pem",
+            ],
+        );
+        assert!(!ok && text.contains("Response Verify Failure"), "{text}");
+    }
+
+    #[test]
+    fn error_responses_are_what_openssl_reports() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert_eq!(
+            error_response(ResponseStatus::MalformedRequest),
+            [0x30, 0x03, 0x0a, 0x01, 0x01]
+        );
+        for (status, shown) in [
+            (ResponseStatus::MalformedRequest, "malformedrequest (1)"),
+            (ResponseStatus::InternalError, "internalerror (2)"),
+            (ResponseStatus::TryLater, "trylater (3)"),
+            (ResponseStatus::SigRequired, "sigrequired (5)"),
+            (ResponseStatus::Unauthorized, "unauthorized (6)"),
+        ] {
+            std::fs::write(dir.path().join("err.der"), error_response(status)).expect("write");
+            // openssl exits non-zero for any unsuccessful status; only the text matters here.
+            let (_, text) = openssl(dir.path(), &["ocsp", "-respin", "err.der", "-resp_text"]);
+            assert!(
+                text.contains(&format!("Responder Error: {shown}")),
+                "{text}"
+            );
+        }
+    }
+
+    // Hand-built requests, to reach the shapes openssl does not produce.
+
+    fn cert_id_der(hash_oid: &[u64], hash_len: usize, serial: &[u8], positive: bool) -> Vec<u8> {
+        yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                // Parameters absent (not NULL), to show the CertID is echoed as received.
+                w.next().write_sequence(|w| {
+                    w.next().write_oid(&ObjectIdentifier::from_slice(hash_oid));
+                });
+                w.next().write_bytes(&vec![0xaa; hash_len]);
+                w.next().write_bytes(&vec![0xbb; hash_len]);
+                w.next().write_bigint_bytes(serial, positive);
+            })
+        })
+    }
+
+    fn sha1_id(n: u8) -> Vec<u8> {
+        cert_id_der(OID_SHA1, 20, &[0x40, n], true)
+    }
+
+    #[derive(Default)]
+    struct Req {
+        version: Option<i64>,
+        requestor: bool,
+        signature: bool,
+        ids: Vec<Vec<u8>>,
+        /// (extnID, explicit critical flag, extnValue contents)
+        extensions: Vec<(&'static [u64], Option<bool>, Vec<u8>)>,
+    }
+
+    fn request(r: &Req) -> Vec<u8> {
+        yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_sequence(|w| {
+                    if let Some(v) = r.version {
+                        w.next().write_tagged(Tag::context(0), |w| w.write_i64(v));
+                    }
+                    if r.requestor {
+                        // GeneralName dNSName [2] IMPLICIT IA5String.
+                        w.next().write_tagged(Tag::context(1), |w| {
+                            w.write_tagged_implicit(Tag::context(2), |w| {
+                                w.write_ia5_string("client.example")
+                            })
+                        });
+                    }
+                    w.next().write_sequence_of(|w| {
+                        for id in &r.ids {
+                            w.next().write_sequence(|w| {
+                                w.next().write_der(id);
+                                // A per-certificate extension, to be ignored.
+                                w.next().write_tagged(Tag::context(0), |w| {
+                                    w.write_sequence_of(|w| {
+                                        w.next().write_sequence(|w| {
+                                            w.next().write_oid(&ObjectIdentifier::from_slice(&[
+                                                1, 2, 3, 4,
+                                            ]));
+                                            w.next().write_bytes(b"x");
+                                        });
+                                    });
+                                });
+                            });
+                        }
+                    });
+                    if !r.extensions.is_empty() {
+                        w.next().write_tagged(Tag::context(2), |w| {
+                            w.write_sequence_of(|w| {
+                                for (oid, critical, value) in &r.extensions {
+                                    w.next().write_sequence(|w| {
+                                        w.next().write_oid(&ObjectIdentifier::from_slice(oid));
+                                        if let Some(c) = critical {
+                                            w.next().write_bool(*c);
+                                        }
+                                        w.next().write_bytes(value);
+                                    });
+                                }
+                            });
+                        });
+                    }
+                });
+                if r.signature {
+                    // Signature ::= SEQUENCE { algorithm, signature BIT STRING }: skipped unread.
+                    w.next().write_tagged(Tag::context(0), |w| {
+                        w.write_sequence(|w| {
+                            w.next().write_sequence(|w| {
+                                w.next().write_oid(&ObjectIdentifier::from_slice(&[
+                                    1, 2, 840, 10045, 4, 3, 2,
+                                ]));
+                            });
+                            w.next().write_bitvec_bytes(&[1, 2, 3], 24);
+                        });
+                    });
+                }
+            })
+        })
+    }
+
+    #[test]
+    fn accepts_optional_request_fields_and_ignores_other_extensions() {
+        let der = request(&Req {
+            version: Some(0),
+            requestor: true,
+            signature: true,
+            ids: vec![sha1_id(1), sha1_id(2)],
+            extensions: vec![
+                (
+                    &[1, 3, 6, 1, 5, 5, 7, 48, 1, 4],
+                    Some(true),
+                    vec![0x30, 0x00],
+                ),
+                (OID_OCSP_NONCE, Some(false), b"raw nonce".to_vec()),
+            ],
+        });
+        let req = parse_request(&der).expect("parses");
+        assert_eq!(req.cert_ids.len(), 2);
+        assert_eq!(req.cert_ids[1].serial, Serial::from_bytes(&[0x40, 2]));
+        assert_eq!(req.cert_ids[0].issuer_key_hash, vec![0xbb; 20]);
+        // Not wrapped in an OCTET STRING (pre-RFC 8954 style): still echoed as given.
+        assert_eq!(req.nonce.as_deref(), Some(&b"raw nonce"[..]));
+    }
+
+    #[test]
+    fn echoes_cert_id_and_nonce_byte_for_byte() {
+        let pki = test_pki();
+        let nonce = b"\x04\x03abc".to_vec();
+        let id = cert_id_der(OID_SHA256, 32, &[0x80, 0x01], true);
+        let der = request(&Req {
+            ids: vec![id.clone()],
+            extensions: vec![(OID_OCSP_NONCE, None, nonce.clone())],
+            ..Req::default()
+        });
+        let req = parse_request(&der).expect("parses");
+        assert_eq!(req.nonce.as_ref(), Some(&nonce));
+        assert_eq!(req.cert_ids[0].serial.as_bytes(), &[0x80, 0x01]);
+        let resp = build_response(
+            &[single(&req, CertStatus::Good, pki.now)],
+            req.nonce.as_deref(),
+            pki.now,
+            &pki.dev,
+        )
+        .expect("response");
+        let contains = |needle: &[u8]| resp.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(&id), "CertID not echoed verbatim");
+        let extension = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next()
+                    .write_oid(&ObjectIdentifier::from_slice(OID_OCSP_NONCE));
+                w.next().write_bytes(&nonce);
+            })
+        });
+        assert!(contains(&extension), "nonce not echoed verbatim");
+
+        let without = build_response(
+            &[single(&req, CertStatus::Good, pki.now)],
+            None,
+            pki.now,
+            &pki.dev,
+        )
+        .expect("response");
+        let oid =
+            yasna::construct_der(|w| w.write_oid(&ObjectIdentifier::from_slice(OID_OCSP_NONCE)));
+        assert!(!without.windows(oid.len()).any(|w| w == oid.as_slice()));
+    }
+
+    #[test]
+    fn refuses_bad_requests() {
+        let bad = |r: &Req| parse_request(&request(r)).expect_err("refused");
+        assert!(matches!(bad(&Req::default()), OcspError::NoCertIds));
+        let ids = |n: u8| (0..n).map(sha1_id).collect::<Vec<_>>();
+        assert!(matches!(
+            bad(&Req {
+                ids: ids(33),
+                ..Req::default()
+            }),
+            OcspError::TooManyCertIds
+        ));
+        assert!(
+            parse_request(&request(&Req {
+                ids: ids(32),
+                ..Req::default()
+            }))
+            .is_ok()
+        );
+        let sha384 = &[2, 16, 840, 1, 101, 3, 4, 2, 2];
+        assert!(matches!(
+            bad(&Req {
+                ids: vec![cert_id_der(sha384, 48, &[1], true)],
+                ..Req::default()
+            }),
+            OcspError::UnsupportedHash(oid) if oid == "2.16.840.1.101.3.4.2.2"
+        ));
+        for (why, r) in [
+            (
+                "hash length",
+                Req {
+                    ids: vec![cert_id_der(OID_SHA1, 32, &[1], true)],
+                    ..Req::default()
+                },
+            ),
+            (
+                "negative serial",
+                Req {
+                    ids: vec![cert_id_der(OID_SHA1, 20, &[0x80], false)],
+                    ..Req::default()
+                },
+            ),
+            (
+                "version 2",
+                Req {
+                    version: Some(1),
+                    ids: ids(1),
+                    ..Req::default()
+                },
+            ),
+            (
+                "empty nonce",
+                Req {
+                    ids: ids(1),
+                    extensions: vec![(OID_OCSP_NONCE, None, vec![])],
+                    ..Req::default()
+                },
+            ),
+            (
+                "long nonce",
+                Req {
+                    ids: ids(1),
+                    extensions: vec![(OID_OCSP_NONCE, None, vec![7; MAX_NONCE_LEN + 1])],
+                    ..Req::default()
+                },
+            ),
+            (
+                "two nonces",
+                Req {
+                    ids: ids(1),
+                    extensions: vec![
+                        (OID_OCSP_NONCE, None, vec![1]),
+                        (OID_OCSP_NONCE, None, vec![2]),
+                    ],
+                    ..Req::default()
+                },
+            ),
+        ] {
+            let e = bad(&r);
+            assert!(matches!(e, OcspError::Malformed(_)), "{why}: {e:?}");
+            assert_eq!(e.response_status(), ResponseStatus::MalformedRequest);
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncated_input_are_errors_not_panics() {
+        let f = fixture();
+        let good = openssl_request(&f, &[], "req.der");
+        assert!(parse_request(&good).is_ok());
+        for len in 0..good.len() {
+            assert!(
+                parse_request(&good[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(parse_request(&trailing).is_err());
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut flipped = good.clone();
+                flipped[i] ^= 1 << bit;
+                let _ = parse_request(&flipped);
+            }
+        }
+        for garbage in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x80\x00\x00",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"GET /ocsp HTTP/1.1\r\n",
+            &[0x30; 64],
+        ] {
+            assert!(parse_request(garbage).is_err(), "{garbage:?}");
+        }
+        let huge = vec![0x30; MAX_REQUEST_LEN + 1];
+        let e = parse_request(&huge).expect_err("too large");
+        assert!(matches!(e, OcspError::TooLarge(n) if n == MAX_REQUEST_LEN + 1));
+    }
+
+    #[test]
+    fn refuses_invalid_response_input() {
+        let pki = test_pki();
+        let id = CertId::for_serial(HashAlg::Sha1, pki.dev.cert_der(), serial(9)).expect("id");
+        let req = OcspRequest {
+            cert_ids: vec![id],
+            nonce: None,
+        };
+        let now = pki.now;
+        let build = |r: SingleResponse| build_response(&[r], None, now, &pki.dev);
+        assert!(build_response(&[], None, now, &pki.dev).is_err());
+        let mut backwards = single(&req, CertStatus::Good, now);
+        backwards.next_update = now - Duration::seconds(1);
+        assert!(build(backwards).is_err());
+        for code in [7, 11, 255] {
+            let e = build(single(
+                &req,
+                CertStatus::Revoked {
+                    at: now,
+                    reason: Some(code),
+                },
+                now,
+            ))
+            .expect_err("not a CRLReason");
+            assert_eq!(e.response_status(), ResponseStatus::InternalError);
+        }
+        assert!(
+            build(single(
+                &req,
+                CertStatus::Revoked {
+                    at: now,
+                    reason: None
+                },
+                now
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn times_are_whole_utc_seconds() {
+        let t = time::macros::datetime!(2026-03-04 01:02:03.987 +02:00);
+        assert_eq!(generalized_time(t).expect("fits"), "20260303230203Z");
+        let der = yasna::construct_der(|w| write_time(w, "20260303230203Z"));
+        assert_eq!(der[..2], [0x18, 15]);
+        let early = time::macros::datetime!(-0001-01-01 00:00 UTC);
+        assert!(generalized_time(early).is_err());
     }
 }

@@ -277,6 +277,83 @@ fn modulus_bits(modulus: &[u8]) -> usize {
     }
 }
 
+/// Why a certificate was revoked (RFC 5280 §5.3.1). certificateHold is deliberately absent:
+/// revocation here is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    /// No reason given.
+    Unspecified,
+    /// The private key is, or may be, known to someone else.
+    KeyCompromise,
+    /// The issuing CA's key is compromised.
+    CaCompromise,
+    /// The subject's name or affiliation changed.
+    AffiliationChanged,
+    /// Replaced by a newer certificate.
+    Superseded,
+    /// No longer needed.
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    /// Every reason, in code order.
+    pub const ALL: [RevocationReason; 6] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+    ];
+
+    /// The CLI and store spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "key-compromise",
+            RevocationReason::CaCompromise => "ca-compromise",
+            RevocationReason::AffiliationChanged => "affiliation-changed",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessation-of-operation",
+        }
+    }
+
+    /// The CRLReason code.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::CaCompromise => 2,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RevocationReason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        RevocationReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == wanted || r.as_str().replace('-', "") == wanted)
+            .ok_or_else(|| {
+                format!(
+                    "unknown revocation reason {s:?} (one of: {})",
+                    RevocationReason::ALL.map(|r| r.as_str()).join(", ")
+                )
+            })
+    }
+}
+
 /// A workload identity: one service in one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -349,6 +426,22 @@ mod tests {
         assert_eq!(modulus_bits(&m), 2048);
         assert_eq!(modulus_bits(&[0x01, 0x00]), 9);
         assert_eq!(modulus_bits(&[]), 0);
+    }
+
+    #[test]
+    fn revocation_reasons_parse_leniently_and_refuse_hold() {
+        assert_eq!(
+            "key-compromise".parse(),
+            Ok(RevocationReason::KeyCompromise)
+        );
+        assert_eq!("keyCompromise".parse(), Ok(RevocationReason::KeyCompromise));
+        assert_eq!(
+            "CESSATION_OF_OPERATION".parse(),
+            Ok(RevocationReason::CessationOfOperation)
+        );
+        assert!("certificate-hold".parse::<RevocationReason>().is_err());
+        let codes: Vec<u8> = RevocationReason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

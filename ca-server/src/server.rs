@@ -42,6 +42,18 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: HumanDuration,
+    /// Also serve `/crl/*` and `/ocsp` (only those) over plain HTTP on this address.
+    pub http_listen: Option<SocketAddr>,
+    /// Cron schedule (6 fields, seconds first, UTC) for reissuing CRLs and pruning tokens.
+    pub crl_refresh: String,
+    /// nextUpdate - thisUpdate of environment CRLs.
+    pub crl_validity: HumanDuration,
+    /// nextUpdate - thisUpdate of the root CRL.
+    pub root_crl_validity: HumanDuration,
+    /// Revoked certificates stay on CRLs until this long after they expire.
+    pub crl_lookback: HumanDuration,
+    /// nextUpdate - thisUpdate of OCSP answers.
+    pub ocsp_validity: HumanDuration,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +65,12 @@ impl Default for ServeConfig {
             public_url: None,
             max_body_bytes: api::DEFAULT_MAX_BODY,
             shutdown_grace: HumanDuration(Duration::seconds(30)),
+            http_listen: None,
+            crl_refresh: "0 */15 * * * *".into(),
+            crl_validity: HumanDuration(Duration::hours(24)),
+            root_crl_validity: HumanDuration(Duration::days(30)),
+            crl_lookback: HumanDuration(Duration::days(7)),
+            ocsp_validity: HumanDuration(Duration::hours(1)),
         }
     }
 }
@@ -96,7 +114,33 @@ impl ServeConfig {
         if self.server_cert_ttl.0 < Duration::seconds(5) {
             return Err("server_cert_ttl: must be at least 5s".into());
         }
+        if self.crl_refresh.split_whitespace().count() != 6 {
+            return Err(format!(
+                "crl_refresh: {:?} must have 6 fields, seconds first (e.g. \"0 */15 * * * *\")",
+                self.crl_refresh
+            ));
+        }
+        if self.crl_validity.0 < Duration::minutes(1)
+            || self.root_crl_validity.0 < Duration::minutes(1)
+        {
+            return Err("crl_validity and root_crl_validity: must be at least 1m".into());
+        }
+        if self.ocsp_validity.0 < Duration::minutes(1) {
+            return Err("ocsp_validity: must be at least 1m".into());
+        }
         Ok(())
+    }
+
+    /// The CA options this configuration implies.
+    pub fn ca_options(&self) -> crate::service::CaOptions {
+        crate::service::CaOptions {
+            public_url: self.public_url.clone(),
+            crl_validity: self.crl_validity.0,
+            root_crl_validity: self.root_crl_validity.0,
+            crl_lookback: self.crl_lookback.0,
+            ocsp_validity: self.ocsp_validity.0,
+            ..crate::service::CaOptions::default()
+        }
     }
 }
 
@@ -109,6 +153,9 @@ pub enum ServeError {
     /// TLS configuration failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The periodic-job scheduler failed.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
     /// The listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -228,6 +275,54 @@ pub async fn serve(
         })
     };
 
+    for (issuer, r) in ca.refresh_crls().await {
+        if let Err(e) = r {
+            tracing::warn!(%issuer, error = %e, "no fresh CRL at start-up");
+        }
+    }
+    let mut scheduler = start_scheduler(ca.clone(), &cfg.crl_refresh).await?;
+
+    let http_task = match cfg.http_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            let app = api::distribution_router(AppState {
+                ca: ca.clone(),
+                metrics: None,
+                max_body: cfg.max_body_bytes,
+            });
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "listening on http://{bound} (CRL and OCSP only)");
+                let _ = out.flush();
+            }
+            Some(tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        tokio::time::sleep(StdDuration::from_millis(50)).await;
+                        continue;
+                    };
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        let svc =
+                            hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                                app.clone().oneshot(req.map(axum::body::Body::new))
+                            });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            }))
+        }
+        None => None,
+    };
+
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -304,6 +399,12 @@ pub async fn serve(
     }
     drop(listener);
     rotation.abort();
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "scheduler did not stop cleanly");
+    }
     tracing::info!("shutting down: waiting for in-flight requests");
     let grace =
         StdDuration::from_secs(u64::try_from(cfg.shutdown_grace.0.whole_seconds()).unwrap_or(30));
@@ -314,6 +415,37 @@ pub async fn serve(
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+async fn start_scheduler(
+    ca: Arc<Ca>,
+    cron: &str,
+) -> Result<tokio_cron_scheduler::JobScheduler, ServeError> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    let sched_err =
+        |e: tokio_cron_scheduler::JobSchedulerError| ServeError::Scheduler(e.to_string());
+    let scheduler = JobScheduler::new().await.map_err(sched_err)?;
+    let job = Job::new_async(cron, move |_id, _lock| {
+        let ca = ca.clone();
+        Box::pin(async move {
+            let results = ca.refresh_crls().await;
+            let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+            tracing::info!(
+                reissued = ok,
+                failed = results.len() - ok,
+                "scheduled CRL refresh"
+            );
+            match ca.prune_tokens().await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "expired enrollment tokens deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "token pruning failed"),
+            }
+        })
+    })
+    .map_err(|e| ServeError::Scheduler(format!("crl_refresh {cron:?}: {e}")))?;
+    scheduler.add(job).await.map_err(sched_err)?;
+    scheduler.start().await.map_err(sched_err)?;
+    Ok(scheduler)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -59,7 +59,9 @@ pub enum ClientError {
         reason: String,
     },
     /// The root the server offers does not match the pinned fingerprint.
-    #[error("the CA's root certificate has SHA-256 {found}, not the pinned {pinned}; refusing to trust it")]
+    #[error(
+        "the CA's root certificate has SHA-256 {found}, not the pinned {pinned}; refusing to trust it"
+    )]
     PinMismatch {
         /// Fingerprint pinned by the operator.
         pinned: String,
@@ -116,8 +118,15 @@ pub fn sha256_hex(der: &[u8]) -> String {
 /// Normalises a fingerprint: hex, any case, colons optional, optional `sha256:` prefix.
 pub fn normalize_fingerprint(text: &str) -> Result<String, ClientError> {
     let t = text.trim();
-    let t = t.strip_prefix("sha256:").or_else(|| t.strip_prefix("SHA256:")).unwrap_or(t);
-    let hexed: String = t.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let hexed: String = t
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     if hexed.len() != 64 || !hexed.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ClientError::Config(
             "a root fingerprint is 64 hex digits (SHA-256), colons optional".into(),
@@ -181,7 +190,9 @@ pub struct ApiClient {
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -192,14 +203,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn base_url(url: &str) -> Result<String, ClientError> {
     let base = url.trim_end_matches('/');
     if !base.starts_with("https://") {
-        return Err(ClientError::Config(format!("{url:?}: the CA URL must start with https://")));
+        return Err(ClientError::Config(format!(
+            "{url:?}: the CA URL must start with https://"
+        )));
     }
     Ok(base.to_string())
 }
 
 impl ApiClient {
     /// A client trusting only `roots_pem`, presenting `identity` when given.
-    pub fn new(url: &str, roots_pem: &[u8], identity: Option<ClientIdentity>) -> Result<ApiClient, ClientError> {
+    pub fn new(
+        url: &str,
+        roots_pem: &[u8],
+        identity: Option<ClientIdentity>,
+    ) -> Result<ApiClient, ClientError> {
         let mut roots = RootCertStore::empty();
         for c in certs_from_pem(roots_pem)? {
             roots
@@ -213,7 +230,9 @@ impl ApiClient {
         let config = match identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain, id.key)
-                .map_err(|e| ClientError::Config(format!("client certificate and key do not fit: {e}")))?,
+                .map_err(|e| {
+                    ClientError::Config(format!("client certificate and key do not fit: {e}"))
+                })?,
             None => builder.with_no_client_auth(),
         };
         Ok(Self::from_config(base_url(url)?, config))
@@ -248,7 +267,12 @@ impl ApiClient {
         &self.base
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = Request::builder().method(method).uri(&url);
         if body.is_some() {
@@ -258,10 +282,14 @@ impl ApiClient {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Config(format!("{url}: {e}")))?;
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Transport {
+                    url: url.clone(),
+                    reason: error_chain(&e),
+                })?;
             let status = resp.status().as_u16();
             let content_type = resp
                 .headers()
@@ -299,7 +327,11 @@ impl ApiClient {
     }
 
     /// `POST base + path` with a JSON body.
-    pub async fn post_json<T: Serialize>(&self, path: &str, body: &T) -> Result<Reply, ClientError> {
+    pub async fn post_json<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Reply, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Config(e.to_string()))?;
         self.call(Method::POST, path, Some(bytes)).await
     }
@@ -339,7 +371,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyForPinning {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -348,7 +385,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyForPinning {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -413,7 +455,10 @@ mod tests {
         let colons = vec!["ab"; 32].join(":");
         assert_eq!(normalize_fingerprint(&hexed).ok(), Some("ab".repeat(32)));
         assert_eq!(normalize_fingerprint(&colons).ok(), Some("ab".repeat(32)));
-        assert_eq!(normalize_fingerprint(&format!("sha256:{hexed}")).ok(), Some("ab".repeat(32)));
+        assert_eq!(
+            normalize_fingerprint(&format!("sha256:{hexed}")).ok(),
+            Some("ab".repeat(32))
+        );
         assert!(normalize_fingerprint("abc").is_err());
         assert!(normalize_fingerprint(&"zz".repeat(32)).is_err());
     }
@@ -429,7 +474,10 @@ mod tests {
     #[test]
     fn urls_must_be_https_and_pem_must_hold_certificates() {
         assert!(base_url("http://ca:8443").is_err());
-        assert_eq!(base_url("https://ca:8443/").ok().as_deref(), Some("https://ca:8443"));
+        assert_eq!(
+            base_url("https://ca:8443/").ok().as_deref(),
+            Some("https://ca:8443")
+        );
         assert!(certs_from_pem(b"nothing here").is_err());
         assert!(ClientIdentity::from_pem(b"x", b"y").is_err());
     }

@@ -7,7 +7,6 @@
 
 pub mod problem;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,14 +18,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub use problem::{ApiError, Outcome};
 
+use ca_wire::{
+    CertificateResponse, EnrollRequest, RenewRequest, RevokeRequest, RevokeResponse,
+    RevokedCertificate,
+};
+
 use crate::duration::HumanDuration;
-use crate::service::{Ca, EnrollInput, IssueOutput, RenewInput};
+use crate::pki::{Identity, RevocationReason, Serial};
+use crate::service::{Ca, EnrollInput, IssueOutput, RenewInput, RevokeInput, RevokeTarget};
 use crate::store::{CertStatus, CertificateFilter, CertificateRecord};
 
 /// Default cap on request bodies.
@@ -70,67 +75,178 @@ impl ClientCert {
     }
 }
 
-/// `POST /v1/enroll` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// Enrollment token.
-    pub token: String,
-    /// PEM CSR.
-    pub csr: String,
-    /// DNS names (default: the CSR's).
-    #[serde(default)]
-    pub dns: Vec<String>,
-    /// IP SANs (default: the CSR's).
-    #[serde(default)]
-    pub ips: Vec<IpAddr>,
-    /// Lifetime such as `1h` (default: policy's).
-    pub ttl: Option<HumanDuration>,
-    /// Must match the token's environment, if given.
-    pub env: Option<String>,
-    /// Must match the token's service, if given.
-    pub service: Option<String>,
+fn parse_ttl(ttl: Option<&str>) -> Result<Option<time::Duration>, ApiError> {
+    ttl.map(|t| {
+        t.parse::<HumanDuration>()
+            .map(|d| d.0)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string()))
+    })
+    .transpose()
 }
 
-/// `POST /v1/renew` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// PEM CSR with a new key.
-    pub csr: String,
-    /// DNS names (default: the CSR's, else the presented certificate's).
-    #[serde(default)]
-    pub dns: Vec<String>,
-    /// IP SANs (default as for names).
-    #[serde(default)]
-    pub ips: Vec<IpAddr>,
-    /// Lifetime such as `1h`.
-    pub ttl: Option<HumanDuration>,
-    /// Must match the presented identity's environment, if given.
-    pub env: Option<String>,
-    /// Must match the presented identity's service, if given.
-    pub service: Option<String>,
+fn parse_reason(reason: Option<&str>) -> Result<RevocationReason, ApiError> {
+    reason
+        .map(|r| {
+            r.parse()
+                .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e))
+        })
+        .transpose()
+        .map(|r| r.unwrap_or(RevocationReason::Unspecified))
 }
 
-/// The answer to enroll and renew.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CertificateResponse {
-    /// Serial, lowercase hex.
-    pub serial: String,
-    /// SPIFFE ID.
-    pub spiffe_id: String,
-    /// Leaf PEM.
-    pub certificate: String,
-    /// Leaf followed by its intermediate, PEM.
-    pub chain: String,
-    /// Trust bundle of the environment (root, then intermediate), PEM.
-    pub bundle: String,
-    /// RFC 3339.
-    pub not_before: String,
-    /// RFC 3339.
-    pub not_after: String,
-    /// RFC 3339: when to renew (two thirds into the lifetime).
-    pub renew_after: String,
+fn revoke_response(
+    certs: Vec<CertificateRecord>,
+    reason: RevocationReason,
+    dry_run: bool,
+) -> Json<RevokeResponse> {
+    Json(RevokeResponse {
+        certificates: certs
+            .into_iter()
+            .map(|c| RevokedCertificate {
+                not_after: rfc3339(c.not_after),
+                serial: c.serial,
+                env: c.env,
+                service: c.service,
+            })
+            .collect(),
+        reason: reason.as_str().into(),
+        dry_run,
+    })
+}
+
+/// `POST /v1/admin/revoke`: an admin revokes by serial or by identity.
+async fn admin_revoke(
+    State(st): State<AppState>,
+    peer: ClientCert,
+    body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let leaf = peer.required()?;
+    let admin = st.ca.authorize_admin(&leaf).await?;
+    let Json(req) = body?;
+    let reason = parse_reason(req.reason.as_deref())?;
+    let target = match (req.serial, req.env, req.service) {
+        (Some(serial), None, None) => {
+            RevokeTarget::Serial(serial.parse::<Serial>().map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string())
+            })?)
+        }
+        (None, Some(env), Some(service)) => RevokeTarget::Identity(Identity { env, service }),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "name either a serial, or an env and a service",
+            ));
+        }
+    };
+    let certs = st
+        .ca
+        .revoke(RevokeInput {
+            target,
+            reason,
+            actor: format!("admin:{}", admin.serial),
+            dry_run: req.dry_run,
+        })
+        .await?;
+    Ok(revoke_response(certs, reason, req.dry_run))
+}
+
+/// `POST /v1/revoke`: a holder revokes its own certificate (key-compromise or superseded).
+async fn self_revoke(
+    State(st): State<AppState>,
+    peer: ClientCert,
+    body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let leaf = peer.required()?;
+    let Json(req) = body?;
+    if req.env.is_some() || req.service.is_some() || req.dry_run {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "a holder revokes only the certificate it presents: give just a reason",
+        ));
+    }
+    if let Some(s) = &req.serial {
+        let named: Serial = s.parse().map_err(|e: crate::pki::HexError| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string())
+        })?;
+        let own = actor_of(&leaf);
+        if own != format!("cert:{named}") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a holder may revoke only the certificate it presents",
+            ));
+        }
+    }
+    let reason = parse_reason(req.reason.as_deref())?;
+    let rec = st.ca.revoke_own(&leaf, reason).await?;
+    Ok(revoke_response(vec![rec], reason, false))
+}
+
+/// `GET /crl/{env}.crl` (DER), `/crl/{env}.pem`, and the same for `root`.
+async fn crl(
+    State(st): State<AppState>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let (name, pem) = match (file.strip_suffix(".crl"), file.strip_suffix(".pem")) {
+        (Some(n), _) => (n, false),
+        (_, Some(n)) => (n, true),
+        _ => return Err(ApiError::not_found()),
+    };
+    if name != crate::service::ROOT_ID && !st.ca.policy().environments.contains_key(name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no CRL for {name:?}"),
+        ));
+    }
+    let c = st.ca.current_crl(name).await?;
+    let mut resp = if pem {
+        crate::authority::pem_encode("X509 CRL", &c.der).into_response()
+    } else {
+        c.der.into_response()
+    };
+    let ct = if pem {
+        "application/x-pem-file"
+    } else {
+        "application/pkix-crl"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    Ok(resp)
+}
+
+fn ocsp_response(der: Vec<u8>) -> Response {
+    let mut resp = der.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/ocsp-response"),
+    );
+    resp
+}
+
+/// `POST /ocsp` with a DER request body.
+async fn ocsp_post(State(st): State<AppState>, body: axum::body::Bytes) -> Response {
+    ocsp_response(st.ca.ocsp(&body).await)
+}
+
+/// `GET /ocsp/{base64 of the DER request}` (RFC 6960 appendix A.1).
+async fn ocsp_get(
+    State(st): State<AppState>,
+    axum::extract::Path(encoded): axum::extract::Path<String>,
+) -> Response {
+    use base64::Engine;
+    let text = encoded
+        .replace("%2F", "/")
+        .replace("%2B", "+")
+        .replace("%3D", "=");
+    match base64::engine::general_purpose::STANDARD.decode(text.trim_start_matches('/')) {
+        Ok(der) => ocsp_response(st.ca.ocsp(&der).await),
+        Err(_) => ocsp_response(crate::ocsp::error_response(
+            crate::ocsp::ResponseStatus::MalformedRequest,
+        )),
+    }
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -186,6 +302,10 @@ async fn enroll(
         Ok(b) => b,
         Err(r) => return Err(st.rejected("enroll", "anonymous", r.into()).await),
     };
+    let ttl = match parse_ttl(req.ttl.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return Err(st.rejected("enroll", "anonymous", e).await),
+    };
     let out = st
         .ca
         .enroll(EnrollInput {
@@ -193,7 +313,7 @@ async fn enroll(
             csr: req.csr.into_bytes(),
             dns: req.dns,
             ips: req.ips,
-            ttl: req.ttl.map(|t| t.0),
+            ttl,
             env: req.env,
             service: req.service,
         })
@@ -214,6 +334,10 @@ async fn renew(
         Ok(b) => b,
         Err(r) => return Err(st.rejected("renew", &actor_of(&presented), r.into()).await),
     };
+    let ttl = match parse_ttl(req.ttl.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return Err(st.rejected("renew", &actor_of(&presented), e).await),
+    };
     let out = st
         .ca
         .renew(RenewInput {
@@ -221,7 +345,7 @@ async fn renew(
             csr: req.csr.into_bytes(),
             dns: req.dns,
             ips: req.ips,
-            ttl: req.ttl.map(|t| t.0),
+            ttl,
             env: req.env,
             service: req.service,
         })
@@ -388,6 +512,24 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Routes for CRL and OCSP distribution, the only ones also served over plain HTTP.
+fn distribution_routes() -> Router<AppState> {
+    Router::new()
+        .route("/crl/{file}", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
+}
+
+/// The plain-HTTP router: CRLs and OCSP only, as CRL and OCSP clients expect.
+pub fn distribution_router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    distribution_routes()
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
@@ -397,10 +539,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/roots", get(roots))
         .route("/v1/bundle", get(bundle))
         .route("/v1/admin/certs", get(admin_certs))
+        .route("/v1/admin/revoke", post(admin_revoke))
+        .route("/v1/revoke", post(self_revoke))
         .route("/v1/admin/{*rest}", axum::routing::any(admin_fallback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .merge(distribution_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track))

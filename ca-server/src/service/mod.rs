@@ -7,10 +7,12 @@
 
 mod init;
 mod mtls;
+mod revocation;
 mod tokens;
 
 pub use init::{BuiltCa, CaLifetimes, DEFAULT_SERVER_NAMES, build_ca, split_server_names};
 pub use mtls::{EnrollInput, RenewInput, ServerCert};
+pub use revocation::{RevokeInput, RevokeTarget};
 pub use tokens::{CreatedToken, TokenInput, parse_token};
 
 use std::collections::HashMap;
@@ -128,20 +130,32 @@ pub(crate) fn random_serial() -> Result<Serial, ServiceError> {
     Ok(Serial::from_bytes(&bytes))
 }
 
-/// How leaves are issued, beyond policy.
+/// How the CA issues and publishes, beyond policy.
 #[derive(Debug, Clone)]
-pub struct IssueSettings {
+pub struct CaOptions {
     /// notBefore is backdated by this much to tolerate clock skew between hosts.
     pub backdate: Duration,
     /// Public base URL for CRL and OCSP pointers in leaves (none: no pointers).
     pub public_url: Option<String>,
+    /// nextUpdate - thisUpdate of environment CRLs.
+    pub crl_validity: Duration,
+    /// nextUpdate - thisUpdate of the root's CRL (long: the root key may be offline).
+    pub root_crl_validity: Duration,
+    /// Revoked certificates stay on CRLs until this long after they expire.
+    pub crl_lookback: Duration,
+    /// nextUpdate - thisUpdate of OCSP answers.
+    pub ocsp_validity: Duration,
 }
 
-impl Default for IssueSettings {
+impl Default for CaOptions {
     fn default() -> Self {
-        IssueSettings {
+        CaOptions {
             backdate: Duration::minutes(1),
             public_url: None,
+            crl_validity: Duration::hours(24),
+            root_crl_validity: Duration::days(30),
+            crl_lookback: Duration::days(7),
+            ocsp_validity: Duration::hours(1),
         }
     }
 }
@@ -202,7 +216,9 @@ pub struct Ca {
     settings: CaSettings,
     policy: Policy,
     passphrase: Option<Passphrase>,
-    issue: IssueSettings,
+    options: CaOptions,
+    revocation_epoch: std::sync::atomic::AtomicU64,
+    ocsp_cache: Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
     signers: Mutex<HashMap<String, Arc<Signer>>>,
 }
 
@@ -221,7 +237,7 @@ impl Ca {
         clock: Arc<dyn Clock>,
         policy: Policy,
         passphrase: Option<Passphrase>,
-        issue: IssueSettings,
+        options: CaOptions,
     ) -> Result<Ca, ServiceError> {
         let settings = store
             .settings()
@@ -239,7 +255,9 @@ impl Ca {
             settings,
             policy,
             passphrase,
-            issue,
+            options,
+            revocation_epoch: std::sync::atomic::AtomicU64::new(0),
+            ocsp_cache: Mutex::new(HashMap::new()),
             signers: Mutex::new(HashMap::new()),
         })
     }
@@ -257,6 +275,11 @@ impl Ca {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &CaOptions {
+        &self.options
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -438,7 +461,7 @@ impl Ca {
         let signer = self.signer(env).await?;
         let now = self.now();
         let serial = self.reserve_serial(now).await?;
-        let urls = self.issue.public_url.as_ref().map(|base| {
+        let urls = self.options.public_url.as_ref().map(|base| {
             let base = base.trim_end_matches('/');
             DistributionUrls {
                 crl: format!("{base}/crl/{env}.crl"),
@@ -454,7 +477,7 @@ impl Ca {
                 spki_der: &csr.spki_der,
                 key_type: csr.key_type,
                 serial: &serial,
-                not_before: now - self.issue.backdate,
+                not_before: now - self.options.backdate,
                 not_after: now + decision.ttl,
                 urls: urls.as_ref(),
             },
@@ -583,7 +606,7 @@ mod tests {
             Arc::new(ManualClock::new(now)),
             policy,
             pass,
-            IssueSettings::default(),
+            CaOptions::default(),
         )
         .await
         .expect("open")
@@ -693,7 +716,7 @@ mod tests {
             Arc::new(ManualClock::new(OffsetDateTime::now_utc())),
             policy.clone(),
             Some(Passphrase::new("the wrong passphrase".into())),
-            IssueSettings::default(),
+            CaOptions::default(),
         )
         .await
         .expect("open");
@@ -704,7 +727,7 @@ mod tests {
             Arc::new(ManualClock::new(OffsetDateTime::now_utc())),
             policy,
             None,
-            IssueSettings::default(),
+            CaOptions::default(),
         )
         .await
         .expect("open");
@@ -758,7 +781,7 @@ mod tests {
             Arc::new(ManualClock::new(OffsetDateTime::now_utc())),
             minimal,
             None,
-            IssueSettings::default(),
+            CaOptions::default(),
         )
         .await
         .expect_err("refused");

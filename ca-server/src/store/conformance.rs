@@ -3,8 +3,8 @@
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store, StoreError,
-    TokenRecord,
+    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store,
+    StoreError, TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -311,30 +311,71 @@ async fn revocation(store: &dyn Store, now: i64) {
         .revoke_certificate(&serial("aa11"), now, "key-compromise", &revoke_audit)
         .await
         .expect("revoke");
-    match store.revoke_certificate(&serial("aa11"), now, "superseded", &revoke_audit).await {
+    match store
+        .revoke_certificate(&serial("aa11"), now, "superseded", &revoke_audit)
+        .await
+    {
         Err(StoreError::Conflict(_)) => {}
         other => panic!("revoking twice must conflict, got {other:?}"),
     }
-    match store.revoke_certificate(&serial("ffff"), now, "superseded", &revoke_audit).await {
+    match store
+        .revoke_certificate(&serial("ffff"), now, "superseded", &revoke_audit)
+        .await
+    {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("revoking an unknown serial must be NotFound, got {other:?}"),
     }
-    let rec = store.certificate(&serial("aa11")).await.expect("get").expect("exists");
-    assert_eq!((rec.revoked_at, rec.revocation_reason.as_deref()), (Some(now), Some("key-compromise")));
+    let rec = store
+        .certificate(&serial("aa11"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (rec.revoked_at, rec.revocation_reason.as_deref()),
+        (Some(now), Some("key-compromise"))
+    );
     assert_eq!(rec.status(now), CertStatus::Revoked);
     store
-        .revoke_certificate(&serial("aa10"), now, "superseded", &audit("revoke", now, Some("aa10")))
+        .revoke_certificate(
+            &serial("aa10"),
+            now,
+            "superseded",
+            &audit("revoke", now, Some("aa10")),
+        )
         .await
         .expect("revoke an expired one");
     let entries = store.revoked_entries("prod", now).await.expect("entries");
     assert_eq!(
         entries,
-        [RevokedEntry { serial: "aa11".into(), revoked_at: now, reason: "key-compromise".into() }]
+        [RevokedEntry {
+            serial: "aa11".into(),
+            revoked_at: now,
+            reason: "key-compromise".into()
+        }]
     );
-    assert!(store.revoked_entries("dev", now).await.expect("entries").is_empty(), "expired before the cut-off: dropped");
-    assert_eq!(store.revoked_entries("dev", 0).await.expect("entries").len(), 1, "within the lookback: kept");
+    assert!(
+        store
+            .revoked_entries("dev", now)
+            .await
+            .expect("entries")
+            .is_empty(),
+        "expired before the cut-off: dropped"
+    );
+    assert_eq!(
+        store
+            .revoked_entries("dev", 0)
+            .await
+            .expect("entries")
+            .len(),
+        1,
+        "within the lookback: kept"
+    );
     let audits = store.audit_entries(None, 1000).await.expect("audit");
-    assert_eq!(audits.iter().filter(|e| e.action == "revoke").count(), 2, "one entry per successful revocation");
+    assert_eq!(
+        audits.iter().filter(|e| e.action == "revoke").count(),
+        2,
+        "one entry per successful revocation"
+    );
 
     // CRL numbers are monotonic per issuer; a stale CRL never replaces a newer one.
     assert_eq!(store.next_crl_number("dev").await.expect("n"), 1);
@@ -349,7 +390,10 @@ async fn revocation(store: &dyn Store, now: i64) {
         der: vec![number as u8; 3],
     };
     assert!(store.save_crl(&crl(2)).await.expect("save"));
-    assert!(!store.save_crl(&crl(1)).await.expect("save"), "an older CRL must not replace a newer one");
+    assert!(
+        !store.save_crl(&crl(1)).await.expect("save"),
+        "an older CRL must not replace a newer one"
+    );
     assert!(!store.save_crl(&crl(2)).await.expect("save"));
     assert!(store.save_crl(&crl(3)).await.expect("save"));
     assert_eq!(store.crl("dev").await.expect("crl"), Some(crl(3)));

@@ -439,10 +439,19 @@ pub trait Store: Send + Sync {
     async fn prune_tokens(&self, before: i64) -> Result<u64, StoreError>;
     /// Marks a certificate revoked and appends `audit`, atomically. `NotFound` for an unknown
     /// serial, `Conflict` if it is already revoked.
-    async fn revoke_certificate(&self, serial: &Serial, at: i64, reason: &str, audit: &AuditEntry)
-    -> Result<(), StoreError>;
+    async fn revoke_certificate(
+        &self,
+        serial: &Serial,
+        at: i64,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Revoked certificates of `issuer_id` whose notAfter is after `not_after_after`.
-    async fn revoked_entries(&self, issuer_id: &str, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+    async fn revoked_entries(
+        &self,
+        issuer_id: &str,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
     /// Hands out the next CRL number of `issuer_id` (1, 2, ...), never the same twice.
     async fn next_crl_number(&self, issuer_id: &str) -> Result<i64, StoreError>;
     /// Stores a CRL unless a CRL with a higher or equal number is already stored; returns

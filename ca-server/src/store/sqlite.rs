@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store, StoreError,
-    TokenRecord,
+    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store,
+    StoreError, TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -497,10 +497,11 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM certificates WHERE serial = ?")
-                .bind(serial.to_hex())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM certificates WHERE serial = ?")
+                    .bind(serial.to_hex())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             return Err(match exists {
                 Some(_) => StoreError::Conflict(format!("certificate {serial} is already revoked")),
                 None => StoreError::NotFound(format!("no certificate with serial {serial}")),
@@ -511,7 +512,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn revoked_entries(&self, issuer_id: &str, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError> {
+    async fn revoked_entries(
+        &self,
+        issuer_id: &str,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT serial, revoked_at, revocation_reason FROM certificates \
              WHERE issuer_id = ? AND revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial",

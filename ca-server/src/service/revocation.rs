@@ -1,0 +1,425 @@
+//! Revocation: by serial or by identity, effective at once for this CA's own mTLS checks (the
+//! store is consulted on every request), published through CRLs (one per environment
+//! intermediate, one root-signed for the intermediates) and OCSP answers.
+
+use std::sync::atomic::Ordering;
+
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+use super::{Ca, ROOT_ID, ServiceError};
+use crate::authority::Signer;
+use crate::ocsp;
+use crate::pki::{Identity, RevocationReason, Serial};
+use crate::store::{
+    AuditEntry, AuditResult, CertStatus, CertificateFilter, CertificateRecord, CrlRecord,
+};
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One certificate.
+    Serial(Serial),
+    /// Every live certificate of an identity.
+    Identity(Identity),
+}
+
+/// A revocation request.
+#[derive(Debug, Clone)]
+pub struct RevokeInput {
+    /// What.
+    pub target: RevokeTarget,
+    /// Why.
+    pub reason: RevocationReason,
+    /// Who, for the audit log.
+    pub actor: String,
+    /// Only report what would be revoked.
+    pub dry_run: bool,
+}
+
+/// A signed OCSP answer kept for requests without a nonce.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedOcsp {
+    der: Vec<u8>,
+    epoch: u64,
+    until: i64,
+}
+
+/// Most OCSP answers kept; the cache is emptied when full.
+const OCSP_CACHE_MAX: usize = 10_000;
+/// How long a cached OCSP answer is served, at most (bounds staleness across replicas).
+const OCSP_CACHE_SECS: i64 = 60;
+
+fn to_datetime(unix: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn rcgen_reason(name: &str) -> Option<rcgen::RevocationReason> {
+    let r: RevocationReason = name.parse().ok()?;
+    Some(match r {
+        RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise => rcgen::RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+    })
+}
+
+impl Ca {
+    /// Revokes (or, dry, lists) the target's certificates, then reissues the affected CRLs and
+    /// drops cached OCSP answers. Every revocation is in the audit log.
+    pub async fn revoke(&self, input: RevokeInput) -> Result<Vec<CertificateRecord>, ServiceError> {
+        let now = self.now_unix();
+        let targets = match &input.target {
+            RevokeTarget::Serial(serial) => {
+                let rec = self.certificate(serial).await?;
+                if let Some(at) = rec.revoked_at {
+                    return Err(ServiceError::Store(crate::store::StoreError::Conflict(
+                        format!(
+                            "certificate {serial} was already revoked at {} ({})",
+                            to_datetime(at),
+                            rec.revocation_reason.as_deref().unwrap_or("unspecified")
+                        ),
+                    )));
+                }
+                vec![rec]
+            }
+            RevokeTarget::Identity(id) => {
+                let live = self
+                    .list(CertificateFilter {
+                        env: Some(id.env.clone()),
+                        service: Some(id.service.clone()),
+                        status: Some(CertStatus::Valid),
+                        now,
+                        ..CertificateFilter::default()
+                    })
+                    .await?;
+                if live.is_empty() {
+                    return Err(ServiceError::NotFound(format!(
+                        "no live certificates of {id}"
+                    )));
+                }
+                live
+            }
+        };
+        if input.dry_run {
+            return Ok(targets);
+        }
+        let mut done = Vec::with_capacity(targets.len());
+        let mut issuers = Vec::new();
+        for rec in targets {
+            let serial: Serial = rec.serial.parse().map_err(|_| {
+                ServiceError::Invalid(format!("stored serial {:?} is not hex", rec.serial))
+            })?;
+            let audit = AuditEntry {
+                id: 0,
+                at: now,
+                actor: input.actor.clone(),
+                action: "revoke".into(),
+                env: Some(rec.env.clone()),
+                service: Some(rec.service.clone()),
+                serial: Some(rec.serial.clone()),
+                result: AuditResult::Ok,
+                reason: Some(input.reason.as_str().into()),
+            };
+            self.store()
+                .revoke_certificate(&serial, now, input.reason.as_str(), &audit)
+                .await?;
+            if !issuers.contains(&rec.issuer_id) {
+                issuers.push(rec.issuer_id.clone());
+            }
+            done.push(CertificateRecord {
+                revoked_at: Some(now),
+                revocation_reason: Some(input.reason.as_str().into()),
+                ..rec
+            });
+        }
+        self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
+        for issuer in issuers {
+            // The revocation itself is committed; a CRL that cannot be signed now is retried by
+            // the scheduler, and OCSP already answers from the store.
+            if let Err(e) = self.build_crl(&issuer).await {
+                tracing::error!(error = %e, %issuer, "CRL not reissued after a revocation");
+            }
+        }
+        Ok(done)
+    }
+
+    /// Revocation by the holder itself over mTLS: only its own certificate, and only for
+    /// key compromise or supersession.
+    pub async fn revoke_own(
+        &self,
+        leaf_der: &[u8],
+        reason: RevocationReason,
+    ) -> Result<CertificateRecord, ServiceError> {
+        if !matches!(
+            reason,
+            RevocationReason::KeyCompromise | RevocationReason::Superseded
+        ) {
+            return Err(ServiceError::Forbidden(
+                "a certificate holder may revoke its own certificate only for key-compromise or superseded".into(),
+            ));
+        }
+        let rec = self.authenticate(leaf_der).await?;
+        let serial: Serial = rec
+            .serial
+            .parse()
+            .map_err(|_| ServiceError::Invalid("stored serial is not hex".into()))?;
+        let mut out = self
+            .revoke(RevokeInput {
+                target: RevokeTarget::Serial(serial),
+                reason,
+                actor: format!("cert:{}", rec.serial),
+                dry_run: false,
+            })
+            .await?;
+        out.pop()
+            .ok_or_else(|| ServiceError::NotFound("nothing revoked".into()))
+    }
+
+    /// A counter bumped on every revocation (caches compare against it).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocation_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Signs and stores a fresh CRL for `issuer_id` (an environment, or [`ROOT_ID`] when the
+    /// root key is online).
+    pub async fn build_crl(&self, issuer_id: &str) -> Result<CrlRecord, ServiceError> {
+        if issuer_id == ROOT_ID {
+            let rec = self
+                .store()
+                .authority(ROOT_ID)
+                .await?
+                .ok_or(ServiceError::NotInitialized)?;
+            if rec.sealed_key.is_none() {
+                return Err(ServiceError::Invalid(
+                    "the root key is offline: make the root CRL with `ca-server crl --root --root-key FILE`".into(),
+                ));
+            }
+        } else if !self.policy().environments.contains_key(issuer_id) {
+            return Err(ServiceError::NotFound(format!(
+                "unknown environment {issuer_id:?}"
+            )));
+        }
+        let signer = self.signer(issuer_id).await?;
+        self.build_crl_with(issuer_id, &signer).await
+    }
+
+    /// Signs and stores a CRL for `issuer_id` with an explicitly given signer (the offline root).
+    pub async fn build_crl_with(
+        &self,
+        issuer_id: &str,
+        signer: &Signer,
+    ) -> Result<CrlRecord, ServiceError> {
+        let now = self.now_unix();
+        let (validity, entries) = if issuer_id == ROOT_ID {
+            // The root issues only intermediates, which are not revocable yet: an empty, signed,
+            // current CRL is still what relying parties that check the whole chain need.
+            (self.options.root_crl_validity, Vec::new())
+        } else {
+            let cutoff = now - self.options.crl_lookback.whole_seconds();
+            (
+                self.options.crl_validity,
+                self.store().revoked_entries(issuer_id, cutoff).await?,
+            )
+        };
+        let mut revoked = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let serial: Serial = e.serial.parse().map_err(|_| {
+                ServiceError::Invalid(format!("stored serial {:?} is not hex", e.serial))
+            })?;
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(serial.as_bytes()),
+                revocation_time: to_datetime(e.revoked_at),
+                reason_code: rcgen_reason(&e.reason),
+                invalidity_date: None,
+            });
+        }
+        let number = self.store().next_crl_number(issuer_id).await?;
+        let params = CertificateRevocationListParams {
+            this_update: to_datetime(now),
+            next_update: to_datetime(now + validity.whole_seconds()),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &CertificateDer::from(signer.cert_der()),
+            signer.key().key_pair(),
+        )
+        .map_err(|e| ServiceError::Authority(e.into()))?;
+        let crl = params
+            .signed_by(&issuer)
+            .map_err(|e| ServiceError::Authority(e.into()))?;
+        let record = CrlRecord {
+            issuer_id: issuer_id.to_string(),
+            number,
+            this_update: now,
+            next_update: now + validity.whole_seconds(),
+            der: crl.der().to_vec(),
+        };
+        self.store().save_crl(&record).await?;
+        Ok(record)
+    }
+
+    /// The current CRL of `issuer_id`: the stored one while it is fresh, else a new one.
+    pub async fn current_crl(&self, issuer_id: &str) -> Result<CrlRecord, ServiceError> {
+        if let Some(c) = self.store().crl(issuer_id).await? {
+            // Reissue when past half its validity, so relying parties never hold a stale one.
+            let half = c.this_update + (c.next_update - c.this_update) / 2;
+            if self.now_unix() < half {
+                return Ok(c);
+            }
+            if issuer_id == ROOT_ID
+                && self
+                    .store()
+                    .authority(ROOT_ID)
+                    .await?
+                    .is_some_and(|a| a.sealed_key.is_none())
+            {
+                return Ok(c);
+            }
+        }
+        self.build_crl(issuer_id).await
+    }
+
+    /// Reissues every environment CRL and, if its key is online, the root CRL. Failures are
+    /// logged and returned by issuer.
+    pub async fn refresh_crls(&self) -> Vec<(String, Result<i64, ServiceError>)> {
+        let mut out = Vec::new();
+        let mut ids: Vec<String> = self.policy().environments.keys().cloned().collect();
+        let root_online =
+            matches!(self.store().authority(ROOT_ID).await, Ok(Some(a)) if a.sealed_key.is_some());
+        if root_online {
+            ids.push(ROOT_ID.to_string());
+        }
+        for id in ids {
+            let r = self.build_crl(&id).await.map(|c| c.number);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, issuer = %id, "CRL refresh failed");
+            }
+            out.push((id, r));
+        }
+        out
+    }
+
+    /// Deletes enrollment tokens that expired more than a week ago.
+    pub async fn prune_tokens(&self) -> Result<u64, ServiceError> {
+        Ok(self
+            .store()
+            .prune_tokens(self.now_unix() - Duration::days(7).whole_seconds())
+            .await?)
+    }
+
+    /// Answers a DER OCSP request with a DER OCSP response (errors are OCSP error responses, as
+    /// RFC 6960 wants, never HTTP errors).
+    pub async fn ocsp(&self, request_der: &[u8]) -> Vec<u8> {
+        let req = match ocsp::parse_request(request_der) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed OCSP request");
+                return ocsp::error_response(ocsp::ResponseStatus::MalformedRequest);
+            }
+        };
+        let now = self.now_unix();
+        let epoch = self.revocation_epoch();
+        if req.nonce.is_none()
+            && let Some(hit) = self
+                .ocsp_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(request_der)
+            && hit.epoch == epoch
+            && hit.until > now
+        {
+            return hit.der.clone();
+        }
+        match self.ocsp_answer(&req, now).await {
+            Ok(der) => {
+                if req.nonce.is_none() {
+                    let mut cache = self.ocsp_cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() >= OCSP_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        request_der.to_vec(),
+                        CachedOcsp {
+                            der: der.clone(),
+                            epoch,
+                            until: now + OCSP_CACHE_SECS,
+                        },
+                    );
+                }
+                der
+            }
+            Err(status) => ocsp::error_response(status),
+        }
+    }
+
+    async fn ocsp_answer(
+        &self,
+        req: &ocsp::OcspRequest,
+        now: i64,
+    ) -> Result<Vec<u8>, ocsp::ResponseStatus> {
+        let internal = |e: ServiceError| {
+            tracing::error!(error = %e, "OCSP answer failed");
+            ocsp::ResponseStatus::InternalError
+        };
+        // All CertIDs of one request must name the same issuer: one signer signs the answer.
+        let mut issuer: Option<(String, std::sync::Arc<Signer>)> = None;
+        for env in self.policy().environments.keys() {
+            let signer = self.signer(env).await.map_err(internal)?;
+            if req
+                .cert_ids
+                .first()
+                .is_some_and(|id| id.matches_issuer(signer.cert_der()))
+            {
+                issuer = Some((env.clone(), signer));
+                break;
+            }
+        }
+        let Some((env, signer)) = issuer else {
+            return Err(ocsp::ResponseStatus::Unauthorized);
+        };
+        if !req
+            .cert_ids
+            .iter()
+            .all(|id| id.matches_issuer(signer.cert_der()))
+        {
+            return Err(ocsp::ResponseStatus::MalformedRequest);
+        }
+        let this_update = to_datetime(now);
+        let next_update = to_datetime(now + self.options.ocsp_validity.whole_seconds());
+        let mut responses = Vec::with_capacity(req.cert_ids.len());
+        for id in &req.cert_ids {
+            let status = match self.store().certificate(&id.serial).await {
+                Ok(Some(rec)) if rec.issuer_id == env => {
+                    match (rec.revoked_at, rec.revocation_reason.as_deref()) {
+                        (Some(at), reason) => ocsp::CertStatus::Revoked {
+                            at: to_datetime(at),
+                            reason: reason
+                                .and_then(|r| r.parse::<RevocationReason>().ok())
+                                .map(RevocationReason::code),
+                        },
+                        (None, _) => ocsp::CertStatus::Good,
+                    }
+                }
+                Ok(_) => ocsp::CertStatus::Unknown,
+                Err(e) => return Err(internal(e.into())),
+            };
+            responses.push(ocsp::SingleResponse {
+                cert_id: id.clone(),
+                status,
+                this_update,
+                next_update,
+            });
+        }
+        ocsp::build_response(&responses, req.nonce.as_deref(), this_update, &signer).map_err(|e| {
+            tracing::error!(error = %e, "OCSP signing failed");
+            ocsp::ResponseStatus::InternalError
+        })
+    }
+}
