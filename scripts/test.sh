@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command: installs the system tools the tests drive (openssl, curl), then runs every test
+# The one test command: installs the system tools the tests drive (openssl, curl, nginx), then runs every test
 # of the workspace. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

@@ -207,6 +207,8 @@ pub struct Server {
     child: Option<std::process::Child>,
     pub url: String,
     pub port: u16,
+    /// The plain-HTTP distribution listener, when started with `--http-listen`.
+    pub http_url: Option<String>,
     stderr_path: PathBuf,
 }
 
@@ -246,12 +248,11 @@ impl TestCa {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // Forward every line (the http line comes first when enabled) and keep draining so
+            // the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
         });
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => l,
@@ -264,6 +265,14 @@ impl TestCa {
                 );
             }
         };
+        let mut http_url = None;
+        let mut line = line;
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            http_url = Some(format!("http://{}", rest.split_whitespace().next().unwrap_or("")));
+            line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("https ready line after the http one");
+        }
         let url = line
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
@@ -277,6 +286,7 @@ impl TestCa {
             child: Some(child),
             url,
             port,
+            http_url,
             stderr_path,
         }
     }
@@ -383,4 +393,12 @@ pub fn curl(args: &[&str]) -> Http {
         curl_code: run.code,
         curl_err: run.stderr,
     }
+}
+
+/// Downloads with curl into `path` (binary safe); returns the HTTP status (0: no answer).
+pub fn curl_download(args: &[&str], path: &Path) -> u16 {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"]).arg(path).args(args);
+    let run = run_bounded(c, Duration::from_secs(30));
+    run.stdout.trim().parse().unwrap_or(0)
 }

@@ -194,8 +194,9 @@ impl Ca {
                 .await?
                 .ok_or(ServiceError::NotInitialized)?;
             if rec.sealed_key.is_none() {
-                return Err(ServiceError::Invalid(
-                    "the root key is offline: make the root CRL with `ca-server crl --root --root-key FILE`".into(),
+                return Err(ServiceError::NotFound(
+                    "no current root CRL: the root key is offline; make one with `ca-server crl --root --root-key FILE`"
+                        .into(),
                 ));
             }
         } else if !self.policy().environments.contains_key(issuer_id) {
