@@ -54,6 +54,9 @@ pub struct ServeConfig {
     pub crl_lookback: HumanDuration,
     /// nextUpdate - thisUpdate of OCSP answers.
     pub ocsp_validity: HumanDuration,
+    /// notBefore of issued leaves lies this far in the past, to tolerate clock skew between
+    /// hosts (it counts towards the lifetime agents see).
+    pub backdate: HumanDuration,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +74,7 @@ impl Default for ServeConfig {
             root_crl_validity: HumanDuration(Duration::days(30)),
             crl_lookback: HumanDuration(Duration::days(7)),
             ocsp_validity: HumanDuration(Duration::hours(1)),
+            backdate: HumanDuration(Duration::minutes(1)),
         }
     }
 }
@@ -125,6 +129,9 @@ impl ServeConfig {
         {
             return Err("crl_validity and root_crl_validity: must be at least 1m".into());
         }
+        if self.backdate.0 > Duration::hours(1) {
+            return Err("backdate: at most 1h".into());
+        }
         if self.ocsp_validity.0 < Duration::minutes(1) {
             return Err("ocsp_validity: must be at least 1m".into());
         }
@@ -139,6 +146,7 @@ impl ServeConfig {
             root_crl_validity: self.root_crl_validity.0,
             crl_lookback: self.crl_lookback.0,
             ocsp_validity: self.ocsp_validity.0,
+            backdate: self.backdate.0,
             ..crate::service::CaOptions::default()
         }
     }

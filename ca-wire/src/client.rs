@@ -398,19 +398,25 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyForPinning {
     }
 }
 
+/// A TLS client configuration that accepts any server certificate. Only for looking at what a
+/// server presents (the agent's post-reload serial check) and for the pinned-root fetch; never
+/// for sending anything secret.
+pub fn inspect_only_config() -> Result<rustls::ClientConfig, ClientError> {
+    let p = provider();
+    Ok(rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyForPinning(p)))
+        .with_no_client_auth())
+}
+
 /// Fetches the CA's root and returns its PEM only if its SHA-256 equals `fingerprint`. Sends
 /// nothing but `GET /v1/roots`; the caller then builds an [`ApiClient`] trusting that root, so
 /// every later request (and every key or CSR) goes over a connection verified against the pin.
 pub async fn fetch_pinned_root(url: &str, fingerprint: &str) -> Result<String, ClientError> {
     let pinned = normalize_fingerprint(fingerprint)?;
-    let p = provider();
-    let config = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyForPinning(p)))
-        .with_no_client_auth();
-    let client = ApiClient::from_config(base_url(url)?, config);
+    let client = ApiClient::from_config(base_url(url)?, inspect_only_config()?);
     let reply = client.get("/v1/roots").await?;
     let pem = reply.text(&format!("{}/v1/roots", client.base))?;
     let certs = certs_from_pem(pem.as_bytes())?;

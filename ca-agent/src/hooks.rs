@@ -1,0 +1,126 @@
+//! After a new certificate is published: tell the service (a command, or SIGHUP to a pid), and
+//! optionally check that the service now serves the new serial. Hook failures never roll back a
+//! valid certificate; they are retried and reported.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::CertConfig;
+use crate::writer::Layout;
+
+/// Runs the configured reload hook once.
+pub async fn reload(cert: &CertConfig, layout: &Layout, serial: &str) -> Result<(), String> {
+    if let Some((program, args)) = cert.reload_command.split_first() {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env("CERT_PATH", layout.path("cert.pem"))
+            .env("KEY_PATH", layout.path("key.pem"))
+            .env("CHAIN_PATH", layout.path("chain.pem"))
+            .env("BUNDLE_PATH", layout.path("bundle.pem"))
+            .env("SERIAL", serial)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(cert.reload_timeout, cmd.output())
+            .await
+            .map_err(|_| format!("reload command timed out after {:?}", cert.reload_timeout))?
+            .map_err(|e| format!("cannot run reload command {program:?}: {e}"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: String = stderr.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(format!("reload command exited with {}: {}", out.status, tail.trim()));
+        }
+        return Ok(());
+    }
+    if let Some(pid_file) = &cert.reload_pid_file {
+        return signal_pid_file(pid_file, rustix::process::Signal::HUP);
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the process whose id is in `pid_file`.
+pub fn signal_pid_file(pid_file: &Path, signal: rustix::process::Signal) -> Result<(), String> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+    let raw: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} does not hold a process id", pid_file.display()))?;
+    let pid = rustix::process::Pid::from_raw(raw).ok_or_else(|| format!("{} holds an invalid pid", pid_file.display()))?;
+    rustix::process::kill_process(pid, signal).map_err(|e| format!("cannot signal pid {raw}: {e}"))
+}
+
+/// The serial (hex) of the certificate served at `addr` for `server_name`.
+pub async fn served_serial(addr: &str, server_name: &str) -> Result<String, String> {
+    let config = ca_wire::client::inspect_only_config().map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|_| format!("invalid server name {server_name:?}"))?;
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {addr} failed: {e}"))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or_else(|| format!("{addr} presented no certificate"))?;
+        let (_, cert) = X509Certificate::from_der(&leaf).map_err(|e| format!("unparsable certificate from {addr}: {e}"))?;
+        let raw = cert.raw_serial();
+        let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+        Ok(raw[first..].iter().map(|b| format!("{b:02x}")).collect())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| format!("{addr} did not complete a TLS handshake in 10s"))?
+}
+
+/// Runs the hook (retrying) and the post-reload check; returns a warning to report, if any.
+pub async fn after_publish(cert: &CertConfig, layout: &Layout, serial: &str) -> Option<String> {
+    let mut warning = None;
+    if !cert.reload_command.is_empty() || cert.reload_pid_file.is_some() {
+        let mut ok = false;
+        for attempt in 0..4u32 {
+            match reload(cert, layout, serial).await {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(cert = %cert.name, attempt, error = %e, "reload hook failed");
+                    warning = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+            }
+        }
+        if !ok {
+            return warning;
+        }
+        warning = None;
+    }
+    if let Some(addr) = &cert.check_tls {
+        let server_name = cert
+            .check_server_name
+            .clone()
+            .or_else(|| cert.dns.first().cloned())
+            .unwrap_or_else(|| "localhost".into());
+        let mut last = String::new();
+        for _ in 0..10 {
+            match served_serial(addr, &server_name).await {
+                Ok(s) if s == serial => return None,
+                Ok(s) => last = format!("{addr} still serves certificate {s}, not the new {serial}"),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::warn!(cert = %cert.name, "post-reload check: {last}");
+        warning = Some(format!("post-reload check: {last}"));
+    }
+    warning
+}

@@ -1,0 +1,14 @@
+//! `ca-agent`: enrolls once with a token, then renews over mTLS before expiry with a fresh key
+//! every time, publishes files atomically, reloads the service and checks it took the new
+//! certificate.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod hooks;
+pub mod issue;
+pub mod metrics;
+pub mod schedule;
+pub mod status;
+pub mod validate;
+pub mod writer;

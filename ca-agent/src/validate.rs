@@ -1,0 +1,163 @@
+//! Checks new credentials before they are published (validate, then publish): the key matches
+//! the certificate, the chain verifies to the pinned trust anchors, the identity and names are
+//! the ones asked for, and the certificate is not yet expired.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// What a certificate must say.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    /// Environment of the SPIFFE ID.
+    pub env: &'a str,
+    /// Service of the SPIFFE ID.
+    pub service: &'a str,
+    /// DNS names asked for (empty: whatever policy gave).
+    pub dns: &'a [String],
+    /// IP SANs asked for.
+    pub ips: &'a [IpAddr],
+}
+
+/// Facts about a validated certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Serial, lowercase hex without leading zeros.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+}
+
+/// Why credentials were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidateError {
+    /// Unparsable PEM or DER.
+    #[error("unreadable credentials: {0}")]
+    Parse(String),
+    /// The key is not the certificate's.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    /// The chain does not verify to the trust anchors.
+    #[error("the certificate does not chain to the pinned root: {0}")]
+    Chain(String),
+    /// Wrong identity or names.
+    #[error("the certificate is not the one asked for: {0}")]
+    Identity(String),
+    /// Already expired.
+    #[error("the certificate has expired")]
+    Expired,
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    raw[first..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Validates `key_pem` + `chain_pem` (leaf first) against `roots` and `expect` at `now`.
+pub fn validate(
+    key_pem: &str,
+    chain_pem: &str,
+    roots: &[CertificateDer<'static>],
+    expect: &Expect<'_>,
+    now: i64,
+) -> Result<CertInfo, ValidateError> {
+    let chain = ca_wire::client::certs_from_pem(chain_pem.as_bytes()).map_err(|e| ValidateError::Parse(e.to_string()))?;
+    let leaf = chain.first().ok_or_else(|| ValidateError::Parse("empty chain".into()))?;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| ValidateError::Parse(e.to_string()))?;
+
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|_| ValidateError::Parse("private key is not PKCS#8 PEM".into()))?;
+    use rcgen::PublicKeyData;
+    if key.subject_public_key_info() != cert.public_key().raw {
+        return Err(ValidateError::KeyMismatch);
+    }
+
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after <= now {
+        return Err(ValidateError::Expired);
+    }
+
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => uris.push(u.to_string()),
+                GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+                _ => {}
+            }
+        }
+    }
+    let suffix = format!("/{}/{}", expect.env, expect.service);
+    let spiffe_id = match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") && one.ends_with(&suffix) => one.clone(),
+        _ => return Err(ValidateError::Identity(format!("SPIFFE ID {uris:?} is not .../{}/{}", expect.env, expect.service))),
+    };
+    if !expect.dns.is_empty() {
+        let mut want: Vec<String> = expect.dns.iter().map(|d| d.to_ascii_lowercase()).collect();
+        want.sort();
+        want.dedup();
+        let mut got = dns.clone();
+        got.sort();
+        if got != want {
+            return Err(ValidateError::Identity(format!("DNS names {got:?}, asked for {want:?}")));
+        }
+    }
+    for ip in expect.ips {
+        let bytes = match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        if !ips.contains(&bytes) {
+            return Err(ValidateError::Identity(format!("IP SAN {ip} missing")));
+        }
+    }
+
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).map_err(|e| ValidateError::Chain(e.to_string()))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| ValidateError::Chain(e.to_string()))?;
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    verifier
+        .verify_client_cert(leaf, &chain[1..], at)
+        .map_err(|e| ValidateError::Chain(e.to_string()))?;
+
+    Ok(CertInfo {
+        serial: serial_hex(cert.raw_serial()),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after,
+        spiffe_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_print_without_leading_zeros() {
+        assert_eq!(serial_hex(&[0, 0x0a, 0xbc]), "0abc");
+        assert_eq!(serial_hex(&[0x7f]), "7f");
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error() {
+        let e = validate("nope", "nope", &[], &Expect { env: "dev", service: "api", dns: &[], ips: &[] }, 0);
+        assert!(matches!(e, Err(ValidateError::Parse(_))));
+    }
+}
