@@ -33,14 +33,23 @@ impl Pki {
         let server = ca.serve(&["--http-listen", "127.0.0.1:0"]);
         let http = server.http_url.clone().expect("http listener");
         let dev_bundle = ca.path("dev-bundle.pem");
-        ca.server(&["bundle", "--env", "dev", "--out", s(&dev_bundle)]).expect_code(0);
+        ca.server(&["bundle", "--env", "dev", "--out", s(&dev_bundle)])
+            .expect_code(0);
         let pem = std::fs::read_to_string(&dev_bundle).expect("bundle");
-        let split = pem.find("-----END CERTIFICATE-----").expect("root") + "-----END CERTIFICATE-----\n".len();
+        let split = pem.find("-----END CERTIFICATE-----").expect("root")
+            + "-----END CERTIFICATE-----\n".len();
         let root = ca.path("root.pem");
         std::fs::write(&root, &pem[..split]).expect("write");
         let dev = ca.path("dev.pem");
         std::fs::write(&dev, &pem[split..]).expect("write");
-        Pki { ca, server, http, root, dev_bundle, dev }
+        Pki {
+            ca,
+            server,
+            http,
+            root,
+            dev_bundle,
+            dev,
+        }
     }
 
     /// `ca-server issue` with CRL/OCSP pointers to the plain-HTTP listener; returns the out dir.
@@ -48,7 +57,17 @@ impl Pki {
         let out = self.ca.path(name);
         self.ca
             .server(&[
-                "issue", "--env", "dev", "--service", service, "--dns", dns, "--out", s(&out), "--public-url", &self.http,
+                "issue",
+                "--env",
+                "dev",
+                "--service",
+                service,
+                "--dns",
+                dns,
+                "--out",
+                s(&out),
+                "--public-url",
+                &self.http,
             ])
             .expect_code(0);
         out
@@ -56,7 +75,10 @@ impl Pki {
 
     fn serial_of(&self, cert: &Path) -> String {
         let out = openssl(["x509", "-noout", "-serial", "-in", s(cert)]);
-        out.stdout.trim().trim_start_matches("serial=").to_lowercase()
+        out.stdout
+            .trim()
+            .trim_start_matches("serial=")
+            .to_lowercase()
     }
 
     /// Downloads a CRL over plain HTTP (DER) and returns its PEM path.
@@ -83,13 +105,30 @@ impl Pki {
 
     fn verify_with_crls(&self, cert: &Path) -> support::Run {
         let crls = self.crls();
-        openssl(["verify", "-crl_check_all", "-CAfile", s(&self.dev_bundle), "-CRLfile", s(&crls), s(cert)])
+        openssl([
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            s(&self.dev_bundle),
+            "-CRLfile",
+            s(&crls),
+            s(cert),
+        ])
     }
 
     fn ocsp(&self, cert: &Path, extra: &[&str]) -> String {
         let url = format!("{}/ocsp", self.http);
         let mut args = vec![
-            "ocsp", "-issuer", s(&self.dev), "-cert", s(cert), "-url", &url, "-verify_other", s(&self.dev), "-CAfile",
+            "ocsp",
+            "-issuer",
+            s(&self.dev),
+            "-cert",
+            s(cert),
+            "-url",
+            &url,
+            "-verify_other",
+            s(&self.dev),
+            "-CAfile",
             s(&self.root),
         ];
         args.extend_from_slice(extra);
@@ -108,18 +147,41 @@ fn renew_status(pki: &Pki, cert: &Path, key: &Path) -> support::Http {
     let key2 = pki.ca.path(&format!("renew-{}.key", unique()));
     let csr = pki.ca.path(&format!("renew-{}.csr", unique()));
     openssl([
-        "req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-keyout", s(&key2), "-out",
-        s(&csr), "-subj", "/CN=x",
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-keyout",
+        s(&key2),
+        "-out",
+        s(&csr),
+        "-subj",
+        "/CN=x",
     ])
     .expect_code(0);
     let body = pki.ca.path(&format!("renew-{}.json", unique()));
-    std::fs::write(&body, serde_json::json!({ "csr": std::fs::read_to_string(&csr).expect("csr") }).to_string())
-        .expect("write");
+    std::fs::write(
+        &body,
+        serde_json::json!({ "csr": std::fs::read_to_string(&csr).expect("csr") }).to_string(),
+    )
+    .expect("write");
     let data = format!("@{}", s(&body));
     let url = format!("{}/v1/renew", pki.server.url);
     curl(&[
-        "--cacert", s(&pki.root), "--cert", s(cert), "--key", s(key), "-H", "content-type: application/json",
-        "--data-binary", &data, &url,
+        "--cacert",
+        s(&pki.root),
+        "--cert",
+        s(cert),
+        "--key",
+        s(key),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &data,
+        &url,
     ])
 }
 
@@ -129,54 +191,133 @@ fn crl_and_ocsp_follow_a_revocation() {
     let out = pki.issue("leaf", "api", API_DEV);
     let cert = out.join("cert.pem");
     let serial = pki.serial_of(&cert);
-    let text = openssl(["x509", "-noout", "-text", "-in", s(&cert)]).stdout.clone();
-    assert!(text.contains(&format!("URI:{}/crl/dev.crl", pki.http)), "{text}");
-    assert!(text.contains(&format!("OCSP - URI:{}/ocsp", pki.http)), "{text}");
+    let text = openssl(["x509", "-noout", "-text", "-in", s(&cert)])
+        .stdout
+        .clone();
+    assert!(
+        text.contains(&format!("URI:{}/crl/dev.crl", pki.http)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("OCSP - URI:{}/ocsp", pki.http)),
+        "{text}"
+    );
 
     // Before: openssl accepts with CRLs, OCSP says good (with a nonce, checked by openssl).
     let ok = pki.verify_with_crls(&cert);
     ok.expect_code(0);
-    let first_number = openssl(["crl", "-noout", "-crlnumber", "-in", s(&pki.fetch_crl("dev"))]).stdout.clone();
+    let first_number = openssl([
+        "crl",
+        "-noout",
+        "-crlnumber",
+        "-in",
+        s(&pki.fetch_crl("dev")),
+    ])
+    .stdout
+    .clone();
     let good = pki.ocsp(&cert, &[]);
-    assert!(good.contains("Response verify OK") && good.contains(": good"), "{good}");
-    assert!(!good.contains("WARNING") && !good.contains("Nonce Verify error"), "{good}");
+    assert!(
+        good.contains("Response verify OK") && good.contains(": good"),
+        "{good}"
+    );
+    assert!(
+        !good.contains("WARNING") && !good.contains("Nonce Verify error"),
+        "{good}"
+    );
     assert_eq!(renew_status(&pki, &cert, &out.join("key.pem")).status, 201);
 
     // Revoke; the command returns, and at once the API refuses the certificate.
     let colon_serial: String = serial.to_uppercase();
-    let run = pki.ca.server(&["revoke", &colon_serial, "--reason", "key-compromise", "--json"]);
+    let run = pki.ca.server(&[
+        "revoke",
+        &colon_serial,
+        "--reason",
+        "key-compromise",
+        "--json",
+    ]);
     run.expect_code(0);
     let started = Instant::now();
     let refused = renew_status(&pki, &cert, &out.join("key.pem"));
-    assert!(started.elapsed() < Duration::from_secs(1), "refusal took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusal took {:?}",
+        started.elapsed()
+    );
     let v = refused.expect_problem(403, "forbidden");
-    assert!(v["detail"].as_str().unwrap_or("").contains("revoked"), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("revoked"),
+        "{v}"
+    );
     let shown = pki.ca.server(&["certs", "show", &serial, "--json"]);
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
-    assert_eq!((shown["status"].as_str(), shown["revocation_reason"].as_str()), (Some("revoked"), Some("key-compromise")));
+    assert_eq!(
+        (
+            shown["status"].as_str(),
+            shown["revocation_reason"].as_str()
+        ),
+        (Some("revoked"), Some("key-compromise"))
+    );
 
     // CRL: reissued with a higher number, lists the serial with its reason; openssl refuses.
     let crl = pki.fetch_crl("dev");
-    let crl_text = openssl(["crl", "-noout", "-text", "-in", s(&crl)]).stdout.clone();
+    let crl_text = openssl(["crl", "-noout", "-text", "-in", s(&crl)])
+        .stdout
+        .clone();
     assert!(crl_text.to_lowercase().contains(&serial), "{crl_text}");
     assert!(crl_text.contains("Key Compromise"), "{crl_text}");
-    let second_number = openssl(["crl", "-noout", "-crlnumber", "-in", s(&crl)]).stdout.clone();
+    let second_number = openssl(["crl", "-noout", "-crlnumber", "-in", s(&crl)])
+        .stdout
+        .clone();
     assert_ne!(first_number, second_number);
     let bad = pki.verify_with_crls(&cert);
     assert_ne!(bad.code, Some(0));
-    assert!(format!("{}{}", bad.stdout, bad.stderr).contains("certificate revoked"), "{bad:?}");
+    assert!(
+        format!("{}{}", bad.stdout, bad.stderr).contains("certificate revoked"),
+        "{bad:?}"
+    );
 
     // OCSP: revoked, with time and reason; also through GET with a base64 request.
     let revoked = pki.ocsp(&cert, &[]);
-    assert!(revoked.contains(": revoked") && revoked.contains("Reason: keyCompromise"), "{revoked}");
+    assert!(
+        revoked.contains(": revoked") && revoked.contains("Reason: keyCompromise"),
+        "{revoked}"
+    );
     let req = pki.ca.path("req.der");
-    openssl(["ocsp", "-issuer", s(&pki.dev), "-cert", s(&cert), "-no_nonce", "-reqout", s(&req)]).expect_code(0);
-    let b64 = openssl(["base64", "-A", "-in", s(&req)]).stdout.trim().replace('/', "%2F").replace('+', "%2B").replace('=', "%3D");
+    openssl([
+        "ocsp",
+        "-issuer",
+        s(&pki.dev),
+        "-cert",
+        s(&cert),
+        "-no_nonce",
+        "-reqout",
+        s(&req),
+    ])
+    .expect_code(0);
+    let b64 = openssl(["base64", "-A", "-in", s(&req)])
+        .stdout
+        .trim()
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('=', "%3D");
     let resp = pki.ca.path("resp.der");
-    assert_eq!(support::curl_download(&[&format!("{}/ocsp/{b64}", pki.http)], &resp), 200);
+    assert_eq!(
+        support::curl_download(&[&format!("{}/ocsp/{b64}", pki.http)], &resp),
+        200
+    );
     let via_get = openssl([
-        "ocsp", "-respin", s(&resp), "-issuer", s(&pki.dev), "-cert", s(&cert), "-no_nonce", "-verify_other", s(&pki.dev),
-        "-CAfile", s(&pki.root),
+        "ocsp",
+        "-respin",
+        s(&resp),
+        "-issuer",
+        s(&pki.dev),
+        "-cert",
+        s(&cert),
+        "-no_nonce",
+        "-verify_other",
+        s(&pki.dev),
+        "-CAfile",
+        s(&pki.root),
     ]);
     assert!(via_get.stdout.contains(": revoked"), "{via_get:?}");
 
@@ -184,17 +325,38 @@ fn crl_and_ocsp_follow_a_revocation() {
     let unknown = {
         let url = format!("{}/ocsp", pki.http);
         let run = openssl([
-            "ocsp", "-issuer", s(&pki.dev), "-serial", "0x1234", "-url", &url, "-verify_other", s(&pki.dev), "-CAfile",
+            "ocsp",
+            "-issuer",
+            s(&pki.dev),
+            "-serial",
+            "0x1234",
+            "-url",
+            &url,
+            "-verify_other",
+            s(&pki.dev),
+            "-CAfile",
             s(&pki.root),
         ]);
         format!("{}{}", run.stdout, run.stderr)
     };
     assert!(unknown.contains("0x1234: unknown"), "{unknown}");
-    pki.ca.server(&["revoke", &serial, "--yes"]).expect_code(6).expect_stderr("already revoked");
-    pki.ca.server(&["revoke", "abcdef"]).expect_code(5).expect_stderr("no certificate with serial abcdef");
-    pki.ca.server(&["revoke", &serial, "--reason", "certificate-hold"]).expect_code(2).expect_stderr("unknown revocation reason");
+    pki.ca
+        .server(&["revoke", &serial, "--yes"])
+        .expect_code(6)
+        .expect_stderr("already revoked");
+    pki.ca
+        .server(&["revoke", "abcdef"])
+        .expect_code(5)
+        .expect_stderr("no certificate with serial abcdef");
+    pki.ca
+        .server(&["revoke", &serial, "--reason", "certificate-hold"])
+        .expect_code(2)
+        .expect_stderr("unknown revocation reason");
     let audit = pki.ca.server(&["audit"]).stdout.clone();
-    assert!(audit.contains(&format!("revoke ok dev/api serial={serial}")), "{audit}");
+    assert!(
+        audit.contains(&format!("revoke ok dev/api serial={serial}")),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -202,31 +364,93 @@ fn revoke_by_identity_with_dry_run_and_confirmation() {
     let pki = Pki::new(TestCa::init_insecure());
     let a1 = pki.serial_of(&pki.issue("a1", "api", API_DEV).join("cert.pem"));
     let a2 = pki.serial_of(&pki.issue("a2", "api", API_DEV).join("cert.pem"));
-    let w = pki.serial_of(&pki.issue("w", "web", "web.dev.svc.example.internal").join("cert.pem"));
+    let w = pki.serial_of(
+        &pki.issue("w", "web", "web.dev.svc.example.internal")
+            .join("cert.pem"),
+    );
 
-    let dry = pki.ca.server(&["revoke", "--env", "dev", "--service", "api", "--dry-run", "--json"]);
+    let dry = pki.ca.server(&[
+        "revoke",
+        "--env",
+        "dev",
+        "--service",
+        "api",
+        "--dry-run",
+        "--json",
+    ]);
     dry.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&dry.stdout).expect("json");
-    let mut listed: Vec<String> = v["certificates"].as_array().expect("list").iter().map(|c| c["serial"].as_str().unwrap_or("").to_string()).collect();
+    let mut listed: Vec<String> = v["certificates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap_or("").to_string())
+        .collect();
     listed.sort();
     let mut want = vec![a1.clone(), a2.clone()];
     want.sort();
     assert_eq!(listed, want);
     assert_eq!(v["dry_run"], true);
-    let valid = pki.ca.server(&["certs", "list", "--env", "dev", "--status", "valid", "--json"]).stdout.clone();
-    assert_eq!(valid.matches("\"serial\"").count(), 3, "a dry run changes nothing");
+    let valid = pki
+        .ca
+        .server(&[
+            "certs", "list", "--env", "dev", "--status", "valid", "--json",
+        ])
+        .stdout
+        .clone();
+    assert_eq!(
+        valid.matches("\"serial\"").count(),
+        3,
+        "a dry run changes nothing"
+    );
 
     // Without --yes and without a terminal: refused, nothing revoked.
-    pki.ca.server(&["revoke", "--env", "dev", "--service", "api"]).expect_code(2).expect_stderr("--yes");
-    let valid = pki.ca.server(&["certs", "list", "--env", "dev", "--status", "valid", "--json"]).stdout.clone();
+    pki.ca
+        .server(&["revoke", "--env", "dev", "--service", "api"])
+        .expect_code(2)
+        .expect_stderr("--yes");
+    let valid = pki
+        .ca
+        .server(&[
+            "certs", "list", "--env", "dev", "--status", "valid", "--json",
+        ])
+        .stdout
+        .clone();
     assert_eq!(valid.matches("\"serial\"").count(), 3);
 
-    pki.ca.server(&["revoke", "--env", "dev", "--service", "api", "--yes", "--reason", "cessation-of-operation"]).expect_code(0);
-    let revoked = pki.ca.server(&["certs", "list", "--status", "revoked", "--json"]).stdout.clone();
-    assert!(revoked.contains(&a1) && revoked.contains(&a2) && !revoked.contains(&w), "{revoked}");
-    pki.ca.server(&["revoke", "--env", "dev", "--service", "api", "--yes"]).expect_code(5).expect_stderr("no live certificates");
-    let crl_text = openssl(["crl", "-noout", "-text", "-in", s(&pki.fetch_crl("dev"))]).stdout.clone();
-    assert_eq!(crl_text.matches("Cessation Of Operation").count(), 2, "{crl_text}");
+    pki.ca
+        .server(&[
+            "revoke",
+            "--env",
+            "dev",
+            "--service",
+            "api",
+            "--yes",
+            "--reason",
+            "cessation-of-operation",
+        ])
+        .expect_code(0);
+    let revoked = pki
+        .ca
+        .server(&["certs", "list", "--status", "revoked", "--json"])
+        .stdout
+        .clone();
+    assert!(
+        revoked.contains(&a1) && revoked.contains(&a2) && !revoked.contains(&w),
+        "{revoked}"
+    );
+    pki.ca
+        .server(&["revoke", "--env", "dev", "--service", "api", "--yes"])
+        .expect_code(5)
+        .expect_stderr("no live certificates");
+    let crl_text = openssl(["crl", "-noout", "-text", "-in", s(&pki.fetch_crl("dev"))])
+        .stdout
+        .clone();
+    assert_eq!(
+        crl_text.matches("Cessation Of Operation").count(),
+        2,
+        "{crl_text}"
+    );
 }
 
 #[test]
@@ -236,19 +460,48 @@ fn remote_revoke_needs_an_admin_and_holders_revoke_only_themselves() {
     let victim_serial = pki.serial_of(&victim.join("cert.pem"));
     let outsider = pki.issue("outsider", "api", API_DEV);
     let ops = pki.ca.path("ops");
-    pki.ca.server(&["issue", "--env", "prod", "--service", "ops", "--out", s(&ops)]).expect_code(0);
+    pki.ca
+        .server(&[
+            "issue",
+            "--env",
+            "prod",
+            "--service",
+            "ops",
+            "--out",
+            s(&ops),
+        ])
+        .expect_code(0);
 
     let remote = |dir: &Path, serial: &str| {
         pki.ca.server(&[
-            "revoke", serial, "--reason", "superseded", "--server", &pki.server.url, "--cert", s(&dir.join("chain.pem")),
-            "--key", s(&dir.join("key.pem")), "--ca-bundle", s(&pki.root), "--json",
+            "revoke",
+            serial,
+            "--reason",
+            "superseded",
+            "--server",
+            &pki.server.url,
+            "--cert",
+            s(&dir.join("chain.pem")),
+            "--key",
+            s(&dir.join("key.pem")),
+            "--ca-bundle",
+            s(&pki.root),
+            "--json",
         ])
     };
-    remote(&outsider, &victim_serial).expect_code(3).expect_stderr("not an admin identity");
+    remote(&outsider, &victim_serial)
+        .expect_code(3)
+        .expect_stderr("not an admin identity");
     let done = remote(&ops, &victim_serial);
     done.expect_code(0);
-    assert!(done.stdout.contains(&victim_serial) && done.stdout.contains("superseded"), "{}", done.stdout);
-    remote(&ops, &victim_serial).expect_code(6).expect_stderr("already revoked");
+    assert!(
+        done.stdout.contains(&victim_serial) && done.stdout.contains("superseded"),
+        "{}",
+        done.stdout
+    );
+    remote(&ops, &victim_serial)
+        .expect_code(6)
+        .expect_stderr("already revoked");
 
     // A holder revokes its own certificate over mTLS, only with an allowed reason.
     let own = pki.issue("own", "api", API_DEV);
@@ -259,15 +512,29 @@ fn remote_revoke_needs_an_admin_and_holders_revoke_only_themselves() {
         std::fs::write(&f, body.to_string()).expect("write");
         let data = format!("@{}", s(&f));
         curl(&[
-            "--cacert", s(&pki.root), "--cert", s(&own.join("cert.pem")), "--key", s(&own.join("key.pem")), "-H",
-            "content-type: application/json", "--data-binary", &data, &url,
+            "--cacert",
+            s(&pki.root),
+            "--cert",
+            s(&own.join("cert.pem")),
+            "--key",
+            s(&own.join("key.pem")),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &data,
+            &url,
         ])
     };
     post(serde_json::json!({ "reason": "unspecified" })).expect_problem(403, "forbidden");
-    post(serde_json::json!({ "reason": "superseded", "serial": victim_serial })).expect_problem(403, "forbidden");
+    post(serde_json::json!({ "reason": "superseded", "serial": victim_serial }))
+        .expect_problem(403, "forbidden");
     let ok = post(serde_json::json!({ "reason": "key-compromise" }));
     assert_eq!(ok.status, 200, "{}", ok.body);
-    let shown = pki.ca.server(&["certs", "show", &own_serial, "--json"]).stdout.clone();
+    let shown = pki
+        .ca
+        .server(&["certs", "show", &own_serial, "--json"])
+        .stdout
+        .clone();
     assert!(shown.contains("\"revoked\""), "{shown}");
     // The revoked certificate can no longer call anything that needs an identity.
     post(serde_json::json!({ "reason": "key-compromise" })).expect_problem(403, "forbidden");
@@ -280,18 +547,52 @@ fn offline_root_crl_is_made_with_the_root_key_file() {
     std::fs::write(&pf, "an offline root passphrase\n").expect("write");
     let root_key = ca.path("root.key");
     ca.server(&[
-        "init", "--policy", s(&support::example_policy()), "--passphrase-file", s(&pf), "--root-key-out", s(&root_key),
+        "init",
+        "--policy",
+        s(&support::example_policy()),
+        "--passphrase-file",
+        s(&pf),
+        "--root-key-out",
+        s(&root_key),
     ])
     .expect_code(0);
     ca.passphrase_file = Some(pf);
     let pki = Pki::new(ca);
     let r = curl(&[&format!("{}/crl/root.crl", pki.http)]);
     let v = r.expect_problem(404, "not-found");
-    assert!(v["detail"].as_str().unwrap_or("").contains("root key is offline"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("root key is offline"),
+        "{v}"
+    );
     let out = pki.ca.path("root.crl");
-    pki.ca.server(&["crl", "--root", "--out", s(&out)]).expect_code(5).expect_stderr("root key is offline");
-    pki.ca.server(&["crl", "--root", "--root-key", s(&root_key), "--out", s(&out)]).expect_code(0);
-    openssl(["crl", "-inform", "DER", "-in", s(&out), "-CAfile", s(&pki.root), "-noout"]).expect_code(0);
+    pki.ca
+        .server(&["crl", "--root", "--out", s(&out)])
+        .expect_code(5)
+        .expect_stderr("root key is offline");
+    pki.ca
+        .server(&[
+            "crl",
+            "--root",
+            "--root-key",
+            s(&root_key),
+            "--out",
+            s(&out),
+        ])
+        .expect_code(0);
+    openssl([
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        s(&out),
+        "-CAfile",
+        s(&pki.root),
+        "-noout",
+    ])
+    .expect_code(0);
     let served = pki.fetch_crl("root");
     let leaf = pki.issue("leaf", "api", API_DEV);
     pki.verify_with_crls(&leaf.join("cert.pem")).expect_code(0);
@@ -356,11 +657,17 @@ http {{
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nginx (scripts/test.sh installs it)");
-        let mut n = Nginx { prefix, conf, socket, child: Some(child) };
+        let mut n = Nginx {
+            prefix,
+            conf,
+            socket,
+            child: Some(child),
+        };
         let start = Instant::now();
         while !n.socket.exists() {
             if start.elapsed() > Duration::from_secs(15) {
-                let log = std::fs::read_to_string(n.prefix.join("logs/error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(n.prefix.join("logs/error.log")).unwrap_or_default();
                 n.stop();
                 panic!("nginx did not start:\n{log}");
             }
@@ -380,14 +687,23 @@ http {{
 
     fn get(&self, root: &Path, cert: &Path, key: &Path) -> support::Http {
         curl(&[
-            "--unix-socket", s(&self.socket), "--cacert", s(root), "--cert", s(cert), "--key", s(key),
+            "--unix-socket",
+            s(&self.socket),
+            "--cacert",
+            s(root),
+            "--cert",
+            s(cert),
+            "--key",
+            s(key),
             "https://web.dev.svc.example.internal/",
         ])
     }
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new(nginx_binary()).args(["-p", s(&self.prefix), "-c", s(&self.conf), "-s", "stop"]).status();
+            let _ = Command::new(nginx_binary())
+                .args(["-p", s(&self.prefix), "-c", s(&self.conf), "-s", "stop"])
+                .status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -408,7 +724,11 @@ impl Drop for Nginx {
 }
 
 fn nginx_binary() -> &'static str {
-    if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" }
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
 }
 
 #[test]
@@ -426,7 +746,9 @@ fn nginx_refuses_a_revoked_client_after_a_crl_refresh() {
     assert!(ok.body.contains("CN=api"), "{}", ok.body);
 
     let serial = pki.serial_of(&client.join("cert.pem"));
-    pki.ca.server(&["revoke", &serial, "--reason", "key-compromise"]).expect_code(0);
+    pki.ca
+        .server(&["revoke", &serial, "--reason", "key-compromise"])
+        .expect_code(0);
     std::fs::copy(pki.crls(), &crls).expect("crls");
     nginx.reload();
     // A reload swaps workers; new handshakes see the new CRL within moments.
@@ -437,9 +759,15 @@ fn nginx_refuses_a_revoked_client_after_a_crl_refresh() {
             assert!(r.body.contains("SSL certificate error"), "{}", r.body);
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx still accepts the revoked certificate: {r:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx still accepts the revoked certificate: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let still = nginx.get(&pki.root, &spare.join("cert.pem"), &spare.join("key.pem"));
-    assert_eq!(still.status, 200, "an unrevoked certificate still works: {still:?}");
+    assert_eq!(
+        still.status, 200,
+        "an unrevoked certificate still works: {still:?}"
+    );
 }

@@ -83,14 +83,25 @@ pub fn new_key(key_type: &str, service: &str) -> Result<KeyAndCsr, AgentError> {
         "p256" => &rcgen::PKCS_ECDSA_P256_SHA256,
         "p384" => &rcgen::PKCS_ECDSA_P384_SHA384,
         "ed25519" => &rcgen::PKCS_ED25519,
-        other => return Err(AgentError::new(Exit::Usage, format!("unsupported key type {other:?}"))),
+        other => {
+            return Err(AgentError::new(
+                Exit::Usage,
+                format!("unsupported key type {other:?}"),
+            ));
+        }
     };
-    let fail = |e: rcgen::Error| AgentError::new(Exit::Transient, format!("key generation failed: {e}"));
+    let fail =
+        |e: rcgen::Error| AgentError::new(Exit::Transient, format!("key generation failed: {e}"));
     let key = rcgen::KeyPair::generate_for(alg).map_err(fail)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, service);
-    let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(fail)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, service);
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(fail)?;
     Ok(KeyAndCsr {
         key_pem: Zeroizing::new(key.serialize_pem()),
         csr_pem: csr,
@@ -99,7 +110,11 @@ pub fn new_key(key_type: &str, service: &str) -> Result<KeyAndCsr, AgentError> {
 
 /// Loads the pinned root: from `state_dir/root.pem` when its fingerprint still matches the pin,
 /// otherwise from the server (accepted only if it matches the pin, then saved).
-pub async fn pinned_root(server: &str, fingerprint: &str, state_dir: Option<&Path>) -> Result<String, ClientError> {
+pub async fn pinned_root(
+    server: &str,
+    fingerprint: &str,
+    state_dir: Option<&Path>,
+) -> Result<String, ClientError> {
     let pin = ca_wire::client::normalize_fingerprint(fingerprint)?;
     if let Some(dir) = state_dir
         && let Ok(pem) = std::fs::read_to_string(dir.join("root.pem"))
@@ -131,7 +146,9 @@ enum Failure {
 
 fn classify(e: ClientError) -> Failure {
     match &e {
-        ClientError::Api(p) if p.status == 403 && p.detail.contains("revoked") => Failure::Revoked(p.detail.clone()),
+        ClientError::Api(p) if p.status == 403 && p.detail.contains("revoked") => {
+            Failure::Revoked(p.detail.clone())
+        }
         _ => Failure::Other(e.to_string()),
     }
 }
@@ -155,24 +172,38 @@ fn resolve_id(spec: &Option<String>, db: &str) -> Result<Option<u32>, AgentError
     text.lines()
         .find_map(|l| {
             let mut f = l.split(':');
-            (f.next() == Some(spec.as_str())).then(|| f.nth(1).and_then(|id| id.parse().ok())).flatten()
+            (f.next() == Some(spec.as_str()))
+                .then(|| f.nth(1).and_then(|id| id.parse().ok()))
+                .flatten()
         })
         .map(Some)
-        .ok_or_else(|| AgentError::new(Exit::Usage, format!("unknown user or group {spec:?} (not in {db})")))
+        .ok_or_else(|| {
+            AgentError::new(
+                Exit::Usage,
+                format!("unknown user or group {spec:?} (not in {db})"),
+            )
+        })
 }
 
 impl Agent {
     /// Bootstraps trust (retrying network failures; a pin mismatch is fatal) and prepares state.
     pub async fn start(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<Agent, AgentError> {
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(|e| AgentError::new(Exit::Usage, format!("cannot create state_dir {}: {e}", cfg.state_dir.display())))?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            AgentError::new(
+                Exit::Usage,
+                format!("cannot create state_dir {}: {e}", cfg.state_dir.display()),
+            )
+        })?;
         let mut attempt = 0;
         let roots_pem = loop {
             match pinned_root(&cfg.server, &cfg.root_fingerprint, Some(&cfg.state_dir)).await {
                 Ok(pem) => break pem,
-                Err(e @ (ClientError::PinMismatch { .. } | ClientError::Config(_))) => return Err(e.into()),
+                Err(e @ (ClientError::PinMismatch { .. } | ClientError::Config(_))) => {
+                    return Err(e.into());
+                }
                 Err(e) => {
-                    let wait = backoff(attempt, cfg.backoff_initial, cfg.backoff_max, random_unit());
+                    let wait =
+                        backoff(attempt, cfg.backoff_initial, cfg.backoff_max, random_unit());
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch the CA root yet");
                     attempt += 1;
                     tokio::time::sleep(wait).await;
@@ -183,7 +214,10 @@ impl Agent {
         let anon = ApiClient::new(&cfg.server, roots_pem.as_bytes(), None)?;
         let board = Arc::new(Board::new(
             cfg.state_dir.join("status.json"),
-            cfg.certs.iter().map(|c| CertStatus::new(&c.name, &c.env, &c.service)).collect(),
+            cfg.certs
+                .iter()
+                .map(|c| CertStatus::new(&c.name, &c.env, &c.service))
+                .collect(),
         ));
         Ok(Agent {
             cfg,
@@ -217,7 +251,11 @@ impl Agent {
         self.token_file
             .as_deref()
             .and_then(from_file)
-            .or_else(|| std::env::var("CA_AGENT_TOKEN").ok().filter(|t| !t.trim().is_empty()))
+            .or_else(|| {
+                std::env::var("CA_AGENT_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+            })
             .or_else(|| self.cfg.token_file.as_deref().and_then(from_file))
             .or_else(|| self.cfg.token.clone())
     }
@@ -240,7 +278,11 @@ impl Agent {
     }
 
     /// The current certificate if it is present, consistent, chains to the root and is unexpired.
-    fn current(&self, cert: &CertConfig, layout: &Layout) -> Option<(CertInfo, Zeroizing<String>, String)> {
+    fn current(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+    ) -> Option<(CertInfo, Zeroizing<String>, String)> {
         let (key, _, chain) = layout.read_current()?;
         let key = Zeroizing::new(key);
         match validate(&key, &chain, &self.roots, &Self::expect(cert), now()) {
@@ -252,9 +294,21 @@ impl Agent {
         }
     }
 
-    fn publish(&self, cert: &CertConfig, layout: &Layout, key: &KeyAndCsr, resp: &CertificateResponse) -> Result<CertInfo, Failure> {
-        let info = validate(&key.key_pem, &resp.chain, &self.roots, &Self::expect(cert), now())
-            .map_err(|e| Failure::Other(format!("refusing the new certificate: {e}")))?;
+    fn publish(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        key: &KeyAndCsr,
+        resp: &CertificateResponse,
+    ) -> Result<CertInfo, Failure> {
+        let info = validate(
+            &key.key_pem,
+            &resp.chain,
+            &self.roots,
+            &Self::expect(cert),
+            now(),
+        )
+        .map_err(|e| Failure::Other(format!("refusing the new certificate: {e}")))?;
         let own = Self::ownership(cert).map_err(|e| Failure::Other(e.message))?;
         layout
             .publish(
@@ -273,7 +327,12 @@ impl Agent {
         Ok(info)
     }
 
-    async fn enroll(&self, cert: &CertConfig, layout: &Layout, token: &str) -> Result<CertInfo, Failure> {
+    async fn enroll(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        token: &str,
+    ) -> Result<CertInfo, Failure> {
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = EnrollRequest {
             token: token.to_string(),
@@ -295,11 +354,19 @@ impl Agent {
         self.publish(cert, layout, &key, &resp)
     }
 
-    async fn renew(&self, cert: &CertConfig, layout: &Layout, key_pem: &str, chain_pem: &str) -> Result<CertInfo, Failure> {
+    async fn renew(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        key_pem: &str,
+        chain_pem: &str,
+    ) -> Result<CertInfo, Failure> {
         // A client per renewal: its connections carry the current certificate and are dropped
         // with it once the new one is in place.
-        let identity = ClientIdentity::from_pem(chain_pem.as_bytes(), key_pem.as_bytes()).map_err(classify)?;
-        let client = ApiClient::new(&self.cfg.server, self.roots_pem.as_bytes(), Some(identity)).map_err(classify)?;
+        let identity =
+            ClientIdentity::from_pem(chain_pem.as_bytes(), key_pem.as_bytes()).map_err(classify)?;
+        let client = ApiClient::new(&self.cfg.server, self.roots_pem.as_bytes(), Some(identity))
+            .map_err(classify)?;
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = RenewRequest {
             csr: key.csr_pem.clone(),
@@ -327,10 +394,21 @@ impl Agent {
         let mut attempt: u32 = 0;
         let mut revoked = false;
         loop {
-            let current = if revoked { None } else { self.current(&cert, &layout) };
+            let current = if revoked {
+                None
+            } else {
+                self.current(&cert, &layout)
+            };
             let result = match current {
                 Some((info, key, chain)) => {
-                    let wait = refresh_in(info.not_before, info.not_after, now(), fraction, self.cfg.jitter, random_unit());
+                    let wait = refresh_in(
+                        info.not_before,
+                        info.not_after,
+                        now(),
+                        fraction,
+                        self.cfg.jitter,
+                        random_unit(),
+                    );
                     self.board.update(&cert.name, |s| {
                         s.health = Health::Ok;
                         s.serial = Some(info.serial.clone());
@@ -364,10 +442,16 @@ impl Agent {
                         s.renewals += 1;
                     });
                     let warning = crate::hooks::after_publish(&cert, &layout, &info.serial).await;
-                    self.board.update(&cert.name, |s| s.reload_warning = warning);
+                    self.board
+                        .update(&cert.name, |s| s.reload_warning = warning);
                 }
                 Err(f) => {
-                    let wait = backoff(attempt, self.cfg.backoff_initial, self.cfg.backoff_max, random_unit());
+                    let wait = backoff(
+                        attempt,
+                        self.cfg.backoff_initial,
+                        self.cfg.backoff_max,
+                        random_unit(),
+                    );
                     attempt = attempt.saturating_add(1);
                     let (health, message) = match f {
                         Failure::Revoked(m) => {
@@ -414,13 +498,19 @@ impl Agent {
             let path = format!("/v1/bundle?env={}", cert.env);
             match self.anon.get(&path).await.and_then(|r| r.text(&path)) {
                 Ok(pem) => {
-                    if std::fs::read_to_string(layout.path("bundle.pem")).ok().as_deref() != Some(pem.as_str())
-                        && let Err(e) = replace_file(&layout.path("bundle.pem"), pem.as_bytes(), 0o644)
+                    if std::fs::read_to_string(layout.path("bundle.pem"))
+                        .ok()
+                        .as_deref()
+                        != Some(pem.as_str())
+                        && let Err(e) =
+                            replace_file(&layout.path("bundle.pem"), pem.as_bytes(), 0o644)
                     {
                         tracing::warn!(cert = %cert.name, error = %e, "cannot write bundle.pem");
                     }
                 }
-                Err(e) => tracing::warn!(cert = %cert.name, error = %e, "trust bundle refresh failed"),
+                Err(e) => {
+                    tracing::warn!(cert = %cert.name, error = %e, "trust bundle refresh failed")
+                }
             }
             let crl_path = format!("/crl/{}.crl", cert.env);
             let der = match self.anon.get(&crl_path).await {
@@ -440,12 +530,21 @@ impl Agent {
                     tracing::warn!(cert = %cert.name, error = %e, "cannot write crl.pem");
                 }
             }
-            let serial = self.board.snapshot().certs.get(&cert.name).and_then(|s| s.serial.clone());
+            let serial = self
+                .board
+                .snapshot()
+                .certs
+                .get(&cert.name)
+                .and_then(|s| s.serial.clone());
             if let (Some(serial), Ok((_, crl))) = (serial, x509_parser::parse_x509_crl(&der)) {
                 let listed = crl.iter_revoked_certificates().any(|r| {
                     let raw = r.raw_serial();
                     let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-                    raw[first..].iter().map(|b| format!("{b:02x}")).collect::<String>() == serial
+                    raw[first..]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        == serial
                 });
                 if listed && let Some(w) = wakers.get(&cert.name) {
                     tracing::warn!(cert = %cert.name, %serial, "certificate is on the CRL");
@@ -466,8 +565,17 @@ pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), Ag
     let agent = Arc::new(Agent::start(cfg, token_file).await?);
     let state_dir = agent.cfg.state_dir.clone();
     let pid_file = state_dir.join("agent.pid");
-    replace_file(&pid_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-        .map_err(|e| AgentError::new(Exit::Usage, format!("cannot write {}: {e}", pid_file.display())))?;
+    replace_file(
+        &pid_file,
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )
+    .map_err(|e| {
+        AgentError::new(
+            Exit::Usage,
+            format!("cannot write {}: {e}", pid_file.display()),
+        )
+    })?;
 
     let mut wakers = HashMap::new();
     for cert in agent.cfg.certs.clone() {
@@ -500,7 +608,14 @@ pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), Ag
         crate::metrics::spawn(addr, agent.board()).await?;
     }
 
-    let sig = |k| signal(k).map_err(|e| AgentError::new(Exit::Transient, format!("cannot install signal handler: {e}")));
+    let sig = |k| {
+        signal(k).map_err(|e| {
+            AgentError::new(
+                Exit::Transient,
+                format!("cannot install signal handler: {e}"),
+            )
+        })
+    };
     let mut hup = sig(SignalKind::hangup())?;
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;

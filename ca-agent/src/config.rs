@@ -147,9 +147,15 @@ pub mod human {
                 'm' => 60,
                 'h' => 3600,
                 'd' => 86_400,
-                _ => return Err(format!("invalid duration {s:?}: unknown unit {c:?} (use s, m, h, d)")),
+                _ => {
+                    return Err(format!(
+                        "invalid duration {s:?}: unknown unit {c:?} (use s, m, h, d)"
+                    ));
+                }
             };
-            let n: u64 = digits.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("invalid duration {s:?}"))?;
             digits.clear();
             total = n
                 .checked_mul(unit)
@@ -157,7 +163,9 @@ pub mod human {
                 .ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
         }
         if !digits.is_empty() || total == 0 {
-            return Err(format!("invalid duration {s:?} (examples: 30s, 15m, 1h30m, 7d)"));
+            return Err(format!(
+                "invalid duration {s:?} (examples: 30s, 15m, 1h30m, 7d)"
+            ));
         }
         Ok(Duration::from_secs(total))
     }
@@ -185,7 +193,8 @@ impl AgentConfig {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim().replace('\n', " ")))?;
         cfg.validate().map_err(err)?;
         Ok(cfg)
     }
@@ -213,14 +222,22 @@ impl AgentConfig {
         let mut dirs = std::collections::HashSet::new();
         for (i, c) in self.certs.iter().enumerate() {
             let key = format!("cert[{i}] ({})", c.name);
-            if c.name.is_empty() || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(format!("{key}.name: letters, digits, - and _ only"));
             }
             if !names.insert(c.name.clone()) {
                 return Err(format!("{key}.name: duplicate name"));
             }
             if !dirs.insert(c.dir.clone()) {
-                return Err(format!("{key}.dir: two certificates share {}", c.dir.display()));
+                return Err(format!(
+                    "{key}.dir: two certificates share {}",
+                    c.dir.display()
+                ));
             }
             if !matches!(c.key_type.as_str(), "p256" | "p384" | "ed25519") {
                 return Err(format!("{key}.key_type: p256, p384 or ed25519"));
@@ -231,13 +248,18 @@ impl AgentConfig {
                 return Err(format!("{key}.renew_fraction: must be between 0.1 and 0.9"));
             }
             if c.key_mode & !0o777 != 0 || c.key_mode & 0o007 != 0 {
-                return Err(format!("{key}.key_mode: {:o} gives other users access to the key", c.key_mode));
+                return Err(format!(
+                    "{key}.key_mode: {:o} gives other users access to the key",
+                    c.key_mode
+                ));
             }
             if let Some(t) = &c.ttl {
                 human::parse(t).map_err(|e| format!("{key}.ttl: {e}"))?;
             }
             if !c.reload_command.is_empty() && c.reload_pid_file.is_some() {
-                return Err(format!("{key}: choose reload_command or reload_pid_file, not both"));
+                return Err(format!(
+                    "{key}: choose reload_command or reload_pid_file, not both"
+                ));
             }
         }
         Ok(())
@@ -279,7 +301,10 @@ mod tests {
         for (extra, key) in [
             ("renew_fraction = 0.99", "renew_fraction"),
             ("jitter = 0.9", "jitter"),
-            ("backoff_initial = \"10m\"\nbackoff_max = \"1m\"", "backoff_initial"),
+            (
+                "backoff_initial = \"10m\"\nbackoff_max = \"1m\"",
+                "backoff_initial",
+            ),
             ("bundle_refresh = \"soon\"", "soon"),
             ("surprise = 1", "surprise"),
         ] {
@@ -292,8 +317,11 @@ mod tests {
         assert!(e.contains("root_fingerprint"));
         let e = check(&format!("{}key_mode = 420\n", base(""))).expect_err("mode");
         assert!(e.contains("key_mode"), "{e}");
-        let e = check(&format!("{}\n[[cert]]\nname = \"api\"\nenv = \"dev\"\nservice = \"api\"\ndir = \"/tmp/b\"\n", base("")))
-            .expect_err("dup");
+        let e = check(&format!(
+            "{}\n[[cert]]\nname = \"api\"\nenv = \"dev\"\nservice = \"api\"\ndir = \"/tmp/b\"\n",
+            base("")
+        ))
+        .expect_err("dup");
         assert!(e.contains("duplicate"), "{e}");
     }
 

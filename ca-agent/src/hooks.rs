@@ -30,8 +30,19 @@ pub async fn reload(cert: &CertConfig, layout: &Layout, serial: &str) -> Result<
             .map_err(|e| format!("cannot run reload command {program:?}: {e}"))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: String = stderr.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-            return Err(format!("reload command exited with {}: {}", out.status, tail.trim()));
+            let tail: String = stderr
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(format!(
+                "reload command exited with {}: {}",
+                out.status,
+                tail.trim()
+            ));
         }
         return Ok(());
     }
@@ -43,12 +54,14 @@ pub async fn reload(cert: &CertConfig, layout: &Layout, serial: &str) -> Result<
 
 /// Sends `signal` to the process whose id is in `pid_file`.
 pub fn signal_pid_file(pid_file: &Path, signal: rustix::process::Signal) -> Result<(), String> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
     let raw: i32 = text
         .trim()
         .parse()
         .map_err(|_| format!("{} does not hold a process id", pid_file.display()))?;
-    let pid = rustix::process::Pid::from_raw(raw).ok_or_else(|| format!("{} holds an invalid pid", pid_file.display()))?;
+    let pid = rustix::process::Pid::from_raw(raw)
+        .ok_or_else(|| format!("{} holds an invalid pid", pid_file.display()))?;
     rustix::process::kill_process(pid, signal).map_err(|e| format!("cannot signal pid {raw}: {e}"))
 }
 
@@ -59,7 +72,9 @@ pub async fn served_serial(addr: &str, server_name: &str) -> Result<String, Stri
     let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|_| format!("invalid server name {server_name:?}"))?;
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let tls = connector
             .connect(name, tcp)
             .await
@@ -71,7 +86,8 @@ pub async fn served_serial(addr: &str, server_name: &str) -> Result<String, Stri
             .and_then(|c| c.first())
             .map(|c| c.to_vec())
             .ok_or_else(|| format!("{addr} presented no certificate"))?;
-        let (_, cert) = X509Certificate::from_der(&leaf).map_err(|e| format!("unparsable certificate from {addr}: {e}"))?;
+        let (_, cert) = X509Certificate::from_der(&leaf)
+            .map_err(|e| format!("unparsable certificate from {addr}: {e}"))?;
         let raw = cert.raw_serial();
         let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
         Ok(raw[first..].iter().map(|b| format!("{b:02x}")).collect())
@@ -114,7 +130,9 @@ pub async fn after_publish(cert: &CertConfig, layout: &Layout, serial: &str) -> 
         for _ in 0..10 {
             match served_serial(addr, &server_name).await {
                 Ok(s) if s == serial => return None,
-                Ok(s) => last = format!("{addr} still serves certificate {s}, not the new {serial}"),
+                Ok(s) => {
+                    last = format!("{addr} still serves certificate {s}, not the new {serial}")
+                }
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -41,7 +41,10 @@ pub struct IssueArgs {
 /// Issues and writes; on any error nothing is written.
 pub async fn issue(a: &IssueArgs) -> Result<CertInfo, AgentError> {
     if a.out.exists() && !a.out.is_dir() {
-        return Err(AgentError::new(Exit::Usage, format!("{} is not a directory", a.out.display())));
+        return Err(AgentError::new(
+            Exit::Usage,
+            format!("{} is not a directory", a.out.display()),
+        ));
     }
     let root = pinned_root(&a.server, &a.root_fingerprint, None).await?;
     let roots = ca_wire::client::certs_from_pem(root.as_bytes())?;
@@ -64,18 +67,27 @@ pub async fn issue(a: &IssueArgs) -> Result<CertInfo, AgentError> {
         dns: &a.dns,
         ips: &a.ips,
     };
-    let info = validate(&key.key_pem, &resp.chain, &roots, &expect, now())
-        .map_err(|e| AgentError::new(Exit::Trust, format!("refusing the issued certificate: {e}")))?;
+    let info = validate(&key.key_pem, &resp.chain, &roots, &expect, now()).map_err(|e| {
+        AgentError::new(Exit::Trust, format!("refusing the issued certificate: {e}"))
+    })?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&a.out)
-        .map_err(|e| AgentError::new(Exit::Usage, format!("cannot create {}: {e}", a.out.display())))?;
+        .map_err(|e| {
+            AgentError::new(
+                Exit::Usage,
+                format!("cannot create {}: {e}", a.out.display()),
+            )
+        })?;
     let write = |name: &str, data: &str, mode: u32| {
         replace_file(&a.out.join(name), data.as_bytes(), mode).map_err(|e| {
             AgentError::new(
                 Exit::Transient,
-                format!("certificate {} was issued but writing {name} failed: {e}", info.serial),
+                format!(
+                    "certificate {} was issued but writing {name} failed: {e}",
+                    info.serial
+                ),
             )
         })
     };

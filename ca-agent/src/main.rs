@@ -115,14 +115,24 @@ fn fmt_time(unix: Option<i64>) -> String {
 fn status(a: &StatusArgs) -> Result<ExitCode, AgentError> {
     let cfg = load(&a.config)?;
     let path = cfg.state_dir.join("status.json");
-    let text = std::fs::read(&path)
-        .map_err(|e| AgentError::new(Exit::Trust, format!("no status at {} ({e}); is the agent running?", path.display())))?;
+    let text = std::fs::read(&path).map_err(|e| {
+        AgentError::new(
+            Exit::Trust,
+            format!(
+                "no status at {} ({e}); is the agent running?",
+                path.display()
+            ),
+        )
+    })?;
     let st: StatusFile = serde_json::from_slice(&text)
         .map_err(|e| AgentError::new(Exit::Transient, format!("unreadable status file: {e}")))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
     } else {
-        println!("{:<12} {:<10} {:<34} {:<21} {:<21} ERROR", "NAME", "HEALTH", "SERIAL", "NOT AFTER", "NEXT");
+        println!(
+            "{:<12} {:<10} {:<34} {:<21} {:<21} ERROR",
+            "NAME", "HEALTH", "SERIAL", "NOT AFTER", "NEXT"
+        );
         for c in st.certs.values() {
             println!(
                 "{:<12} {:<10} {:<34} {:<21} {:<21} {}",
@@ -131,12 +141,19 @@ fn status(a: &StatusArgs) -> Result<ExitCode, AgentError> {
                 c.serial.as_deref().unwrap_or("-"),
                 fmt_time(c.not_after),
                 fmt_time(c.next_attempt),
-                c.last_error.as_deref().or(c.reload_warning.as_deref()).unwrap_or("")
+                c.last_error
+                    .as_deref()
+                    .or(c.reload_warning.as_deref())
+                    .unwrap_or("")
             );
         }
     }
     let healthy = st.certs.values().all(|c| c.health == Health::Ok);
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn renew(a: &RenewArgs) -> Result<ExitCode, AgentError> {
@@ -146,14 +163,26 @@ fn renew(a: &RenewArgs) -> Result<ExitCode, AgentError> {
     let cfg = load(&a.config)?;
     for n in &a.names {
         if !cfg.certs.iter().any(|c| &c.name == n) {
-            return Err(AgentError::new(Exit::Usage, format!("no certificate named {n:?} in the configuration")));
+            return Err(AgentError::new(
+                Exit::Usage,
+                format!("no certificate named {n:?} in the configuration"),
+            ));
         }
     }
     let request = cfg.state_dir.join("renew-now");
-    ca_agent::writer::replace_file(&request, a.names.join("\n").as_bytes(), 0o600)
-        .map_err(|e| AgentError::new(Exit::Usage, format!("cannot write {}: {e}", request.display())))?;
-    ca_agent::hooks::signal_pid_file(&cfg.state_dir.join("agent.pid"), rustix::process::Signal::HUP)
-        .map_err(|e| AgentError::new(Exit::Transient, format!("is the agent running? {e}")))?;
+    ca_agent::writer::replace_file(&request, a.names.join("\n").as_bytes(), 0o600).map_err(
+        |e| {
+            AgentError::new(
+                Exit::Usage,
+                format!("cannot write {}: {e}", request.display()),
+            )
+        },
+    )?;
+    ca_agent::hooks::signal_pid_file(
+        &cfg.state_dir.join("agent.pid"),
+        rustix::process::Signal::HUP,
+    )
+    .map_err(|e| AgentError::new(Exit::Transient, format!("is the agent running? {e}")))?;
     println!("renewal requested");
     Ok(ExitCode::SUCCESS)
 }
@@ -162,8 +191,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CA_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

@@ -14,9 +14,24 @@ use crate::status::{Board, render_metrics};
 
 /// Binds `addr` and serves metrics in the background.
 pub async fn spawn(addr: SocketAddr, board: Arc<Board>) -> Result<(), AgentError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| AgentError::new(Exit::Usage, format!("cannot listen for metrics on {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        AgentError::new(
+            Exit::Usage,
+            format!("cannot listen for metrics on {addr}: {e}"),
+        )
+    })?;
+    let bound = listener.local_addr().map_err(|e| {
+        AgentError::new(
+            Exit::Usage,
+            format!("cannot listen for metrics on {addr}: {e}"),
+        )
+    })?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "metrics on http://{bound}/metrics");
+        let _ = out.flush();
+    }
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -33,7 +48,9 @@ pub async fn spawn(addr: SocketAddr, board: Arc<Board>) -> Result<(), AgentError
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(render_metrics(&board.snapshot()))))
                         } else {
-                            Response::builder().status(404).body(Full::new(Bytes::from_static(b"not found\n")))
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
                         };
                         resp.map_err(|e| e.to_string())
                     }

@@ -6,8 +6,18 @@ use std::time::Duration;
 /// Seconds from `now` until a certificate valid over [`not_before`, `not_after`] should be
 /// renewed: at `fraction` of its lifetime, moved earlier by up to `jitter` of the lifetime
 /// (`sample` in [0, 1) picks where), never before `now`.
-pub fn refresh_in(not_before: i64, not_after: i64, now: i64, fraction: f64, jitter: f64, sample: f64) -> Duration {
-    let lifetime = (not_after - not_before).max(0) as f64;
+pub fn refresh_in(
+    not_before: i64,
+    not_after: i64,
+    now: i64,
+    fraction: f64,
+    jitter: f64,
+    sample: f64,
+) -> Duration {
+    if not_after <= not_before {
+        return Duration::ZERO;
+    }
+    let lifetime = (not_after - not_before) as f64;
     let fraction = fraction.clamp(0.05, 0.95);
     let jitter = jitter.clamp(0.0, fraction - 0.01);
     let offset = lifetime * (fraction - jitter * sample.clamp(0.0, 1.0));
@@ -46,8 +56,14 @@ mod tests {
 
     #[test]
     fn renews_at_two_thirds_without_jitter() {
-        assert_eq!(refresh_in(0, 300, 0, 2.0 / 3.0, 0.0, 0.5), Duration::from_secs(200));
-        assert_eq!(refresh_in(0, 300, 150, 2.0 / 3.0, 0.0, 0.5), Duration::from_secs(50));
+        assert_eq!(
+            refresh_in(0, 300, 0, 2.0 / 3.0, 0.0, 0.5),
+            Duration::from_secs(200)
+        );
+        assert_eq!(
+            refresh_in(0, 300, 150, 2.0 / 3.0, 0.0, 0.5),
+            Duration::from_secs(50)
+        );
     }
 
     #[test]
@@ -55,20 +71,33 @@ mod tests {
         let early = refresh_in(0, 1000, 0, 0.66, 0.1, 0.999);
         let late = refresh_in(0, 1000, 0, 0.66, 0.1, 0.0);
         assert_eq!(late, Duration::from_secs(660));
-        assert!(early >= Duration::from_secs(560) && early < late, "{early:?}");
+        assert!(
+            early >= Duration::from_secs(560) && early < late,
+            "{early:?}"
+        );
     }
 
     #[test]
     fn overdue_or_expired_renews_now() {
         assert_eq!(refresh_in(0, 300, 299, 0.66, 0.0, 0.0), Duration::ZERO);
         assert_eq!(refresh_in(0, 300, 10_000, 0.66, 0.0, 0.0), Duration::ZERO);
-        assert_eq!(refresh_in(300, 0, 0, 0.66, 0.0, 0.0), Duration::ZERO, "inverted validity");
+        assert_eq!(
+            refresh_in(300, 0, 0, 0.66, 0.0, 0.0),
+            Duration::ZERO,
+            "inverted validity"
+        );
     }
 
     #[test]
     fn absurd_fractions_are_clamped() {
-        assert_eq!(refresh_in(0, 100, 0, 5.0, 0.0, 0.0), Duration::from_secs(95));
-        assert_eq!(refresh_in(0, 100, 0, -1.0, 0.0, 0.0), Duration::from_secs(5));
+        assert_eq!(
+            refresh_in(0, 100, 0, 5.0, 0.0, 0.0),
+            Duration::from_secs(95)
+        );
+        assert_eq!(
+            refresh_in(0, 100, 0, -1.0, 0.0, 0.0),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -142,25 +142,48 @@ impl Board {
 /// Prometheus text for `status`.
 pub fn render_metrics(status: &StatusFile) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&CertStatus) -> Option<f64>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for c in status.certs.values() {
-            if let Some(v) = value(c) {
-                out.push_str(&format!("{name}{{name=\"{}\",env=\"{}\",service=\"{}\"}} {v}\n", c.name, c.env, c.service));
+    let mut family =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&CertStatus) -> Option<f64>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for c in status.certs.values() {
+                if let Some(v) = value(c) {
+                    out.push_str(&format!(
+                        "{name}{{name=\"{}\",env=\"{}\",service=\"{}\"}} {v}\n",
+                        c.name, c.env, c.service
+                    ));
+                }
             }
-        }
-    };
-    family("ca_agent_certificate_expiry_timestamp_seconds", "gauge", "notAfter of the current certificate.", &|c| {
-        c.not_after.map(|v| v as f64)
-    });
-    family("ca_agent_renewals_total", "counter", "Successful enrollments and renewals.", &|c| Some(c.renewals as f64));
-    family("ca_agent_failures_total", "counter", "Failed enrollment or renewal attempts.", &|c| Some(c.failures as f64));
-    family("ca_agent_last_success_timestamp_seconds", "gauge", "Time of the last success.", &|c| {
-        c.last_success.map(|v| v as f64)
-    });
-    family("ca_agent_healthy", "gauge", "1 when a valid certificate is in place.", &|c| {
-        Some(if c.health == Health::Ok { 1.0 } else { 0.0 })
-    });
+        };
+    family(
+        "ca_agent_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of the current certificate.",
+        &|c| c.not_after.map(|v| v as f64),
+    );
+    family(
+        "ca_agent_renewals_total",
+        "counter",
+        "Successful enrollments and renewals.",
+        &|c| Some(c.renewals as f64),
+    );
+    family(
+        "ca_agent_failures_total",
+        "counter",
+        "Failed enrollment or renewal attempts.",
+        &|c| Some(c.failures as f64),
+    );
+    family(
+        "ca_agent_last_success_timestamp_seconds",
+        "gauge",
+        "Time of the last success.",
+        &|c| c.last_success.map(|v| v as f64),
+    );
+    family(
+        "ca_agent_healthy",
+        "gauge",
+        "1 when a valid certificate is in place.",
+        &|c| Some(if c.health == Health::Ok { 1.0 } else { 0.0 }),
+    );
     out
 }
 
@@ -178,11 +201,18 @@ mod tests {
             c.not_after = Some(1_700_000_000);
             c.renewals = 3;
         });
-        let read: StatusFile = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let read: StatusFile =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
         assert_eq!(read.certs["api"].renewals, 3);
         let text = render_metrics(&read);
-        assert!(text.contains("ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\"} 3"), "{text}");
-        assert!(text.contains("ca_agent_healthy{name=\"api\",env=\"dev\",service=\"api\"} 1"), "{text}");
+        assert!(
+            text.contains("ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ca_agent_healthy{name=\"api\",env=\"dev\",service=\"api\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("ca_agent_certificate_expiry_timestamp_seconds{name=\"api\",env=\"dev\",service=\"api\"} 1700000000"));
     }
 }

@@ -69,11 +69,16 @@ pub fn validate(
     expect: &Expect<'_>,
     now: i64,
 ) -> Result<CertInfo, ValidateError> {
-    let chain = ca_wire::client::certs_from_pem(chain_pem.as_bytes()).map_err(|e| ValidateError::Parse(e.to_string()))?;
-    let leaf = chain.first().ok_or_else(|| ValidateError::Parse("empty chain".into()))?;
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| ValidateError::Parse(e.to_string()))?;
+    let chain = ca_wire::client::certs_from_pem(chain_pem.as_bytes())
+        .map_err(|e| ValidateError::Parse(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| ValidateError::Parse("empty chain".into()))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| ValidateError::Parse(e.to_string()))?;
 
-    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|_| ValidateError::Parse("private key is not PKCS#8 PEM".into()))?;
+    let key = rcgen::KeyPair::from_pem(key_pem)
+        .map_err(|_| ValidateError::Parse("private key is not PKCS#8 PEM".into()))?;
     use rcgen::PublicKeyData;
     if key.subject_public_key_info() != cert.public_key().raw {
         return Err(ValidateError::KeyMismatch);
@@ -100,7 +105,12 @@ pub fn validate(
     let suffix = format!("/{}/{}", expect.env, expect.service);
     let spiffe_id = match uris.as_slice() {
         [one] if one.starts_with("spiffe://") && one.ends_with(&suffix) => one.clone(),
-        _ => return Err(ValidateError::Identity(format!("SPIFFE ID {uris:?} is not .../{}/{}", expect.env, expect.service))),
+        _ => {
+            return Err(ValidateError::Identity(format!(
+                "SPIFFE ID {uris:?} is not .../{}/{}",
+                expect.env, expect.service
+            )));
+        }
     };
     if !expect.dns.is_empty() {
         let mut want: Vec<String> = expect.dns.iter().map(|d| d.to_ascii_lowercase()).collect();
@@ -109,7 +119,9 @@ pub fn validate(
         let mut got = dns.clone();
         got.sort();
         if got != want {
-            return Err(ValidateError::Identity(format!("DNS names {got:?}, asked for {want:?}")));
+            return Err(ValidateError::Identity(format!(
+                "DNS names {got:?}, asked for {want:?}"
+            )));
         }
     }
     for ip in expect.ips {
@@ -124,7 +136,9 @@ pub fn validate(
 
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
-        store.add(r.clone()).map_err(|e| ValidateError::Chain(e.to_string()))?;
+        store
+            .add(r.clone())
+            .map_err(|e| ValidateError::Chain(e.to_string()))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(
         Arc::new(store),
@@ -132,7 +146,9 @@ pub fn validate(
     )
     .build()
     .map_err(|e| ValidateError::Chain(e.to_string()))?;
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now).unwrap_or(0),
+    ));
     verifier
         .verify_client_cert(leaf, &chain[1..], at)
         .map_err(|e| ValidateError::Chain(e.to_string()))?;
@@ -157,7 +173,18 @@ mod tests {
 
     #[test]
     fn garbage_is_a_parse_error() {
-        let e = validate("nope", "nope", &[], &Expect { env: "dev", service: "api", dns: &[], ips: &[] }, 0);
+        let e = validate(
+            "nope",
+            "nope",
+            &[],
+            &Expect {
+                env: "dev",
+                service: "api",
+                dns: &[],
+                ips: &[],
+            },
+            0,
+        );
         assert!(matches!(e, Err(ValidateError::Parse(_))));
     }
 }

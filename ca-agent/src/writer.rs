@@ -50,7 +50,11 @@ pub struct Layout {
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32, own: &Ownership) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     f.write_all(data)?;
     if own.uid.is_some() || own.gid.is_some() {
         std::os::unix::fs::fchown(&f, own.uid, own.gid)?;
@@ -67,7 +71,11 @@ fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
     let name = link
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "link has no name"))?;
-    let tmp = link.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = link.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
     fs::rename(&tmp, link)
@@ -79,10 +87,20 @@ pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp);
-    let own = Ownership { uid: None, gid: None, key_mode: mode };
-    let res = write_new(&tmp, data, mode, &own).and_then(|()| fs::rename(&tmp, path)).and_then(|()| sync_dir(dir));
+    let own = Ownership {
+        uid: None,
+        gid: None,
+        key_mode: mode,
+    };
+    let res = write_new(&tmp, data, mode, &own)
+        .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|()| sync_dir(dir));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -92,7 +110,9 @@ pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 impl Layout {
     /// The layout rooted at `dir`.
     pub fn new(dir: &Path) -> Layout {
-        Layout { dir: dir.to_path_buf() }
+        Layout {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The output directory.
@@ -122,21 +142,39 @@ impl Layout {
     /// Writes a new version and flips `current` to it. The caller has validated the material.
     pub fn publish(&self, m: &Material<'_>, own: &Ownership) -> io::Result<PathBuf> {
         let versions = self.dir.join("versions");
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(&versions)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&versions)?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let serial: String = m.serial.chars().filter(|c| c.is_ascii_hexdigit()).take(40).collect();
+        let serial: String = m
+            .serial
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(40)
+            .collect();
         let name = format!("{stamp:024}-{serial}");
         let vdir = versions.join(&name);
         fs::DirBuilder::new().mode(0o755).create(&vdir)?;
         let combined = format!("{}{}", m.key_pem, m.chain_pem);
         let written = (|| {
-            write_new(&vdir.join("key.pem"), m.key_pem.as_bytes(), own.key_mode, own)?;
+            write_new(
+                &vdir.join("key.pem"),
+                m.key_pem.as_bytes(),
+                own.key_mode,
+                own,
+            )?;
             write_new(&vdir.join("cert.pem"), m.cert_pem.as_bytes(), 0o644, own)?;
             write_new(&vdir.join("chain.pem"), m.chain_pem.as_bytes(), 0o644, own)?;
-            write_new(&vdir.join("combined.pem"), combined.as_bytes(), own.key_mode, own)?;
+            write_new(
+                &vdir.join("combined.pem"),
+                combined.as_bytes(),
+                own.key_mode,
+                own,
+            )?;
             if own.uid.is_some() || own.gid.is_some() {
                 std::os::unix::fs::chown(&vdir, own.uid, own.gid)?;
             }
@@ -147,7 +185,10 @@ impl Layout {
             let _ = fs::remove_dir_all(&vdir);
             return Err(e);
         }
-        replace_symlink(Path::new("versions").join(&name).as_path(), &self.dir.join("current"))?;
+        replace_symlink(
+            Path::new("versions").join(&name).as_path(),
+            &self.dir.join("current"),
+        )?;
         for f in FILES {
             let link = self.dir.join(f);
             let want = Path::new("current").join(f);
@@ -164,11 +205,20 @@ impl Layout {
     /// incomplete directory left by an interrupted write.
     fn prune(&self, current: &str) {
         let versions = self.dir.join("versions");
-        let Ok(rd) = fs::read_dir(&versions) else { return };
-        let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let Ok(rd) = fs::read_dir(&versions) else {
+            return;
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         let complete = |n: &str| FILES.iter().all(|f| versions.join(n).join(f).is_file());
-        let previous = names.iter().rev().find(|n| n.as_str() < current && complete(n)).cloned();
+        let previous = names
+            .iter()
+            .rev()
+            .find(|n| n.as_str() < current && complete(n))
+            .cloned();
         for n in names {
             if n != current && Some(&n) != previous.as_ref() {
                 let _ = fs::remove_dir_all(versions.join(&n));
@@ -200,11 +250,20 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn own() -> Ownership {
-        Ownership { uid: None, gid: None, key_mode: 0o600 }
+        Ownership {
+            uid: None,
+            gid: None,
+            key_mode: 0o600,
+        }
     }
 
     fn m<'a>(serial: &'a str, key: &'a str, cert: &'a str) -> Material<'a> {
-        Material { key_pem: key, cert_pem: cert, chain_pem: cert, serial }
+        Material {
+            key_pem: key,
+            cert_pem: cert,
+            chain_pem: cert,
+            serial,
+        }
     }
 
     #[test]
@@ -215,17 +274,35 @@ mod tests {
         for i in 0..4 {
             let key = format!("KEY{i}");
             let cert = format!("CERT{i}");
-            l.publish(&m(&format!("0{i}"), &key, &cert), &own()).expect("publish");
+            l.publish(&m(&format!("0{i}"), &key, &cert), &own())
+                .expect("publish");
             let (k, c, _) = l.read_current().expect("current");
             assert_eq!((k, c), (key.clone(), cert.clone()));
-            assert_eq!(fs::read_to_string(l.path("key.pem")).expect("stable link"), key);
-            assert_eq!(fs::read_to_string(l.path("combined.pem")).expect("combined"), format!("{key}{cert}"));
+            assert_eq!(
+                fs::read_to_string(l.path("key.pem")).expect("stable link"),
+                key
+            );
+            assert_eq!(
+                fs::read_to_string(l.path("combined.pem")).expect("combined"),
+                format!("{key}{cert}")
+            );
         }
-        let versions: Vec<_> = fs::read_dir(tmp.path().join("out/versions")).expect("ls").collect();
+        let versions: Vec<_> = fs::read_dir(tmp.path().join("out/versions"))
+            .expect("ls")
+            .collect();
         assert_eq!(versions.len(), 2, "current and one previous");
         let cur = l.current().expect("current");
-        let mode = |f: &str| fs::metadata(cur.join(f)).expect("meta").permissions().mode() & 0o777;
-        assert_eq!((mode("key.pem"), mode("combined.pem"), mode("cert.pem")), (0o600, 0o600, 0o644));
+        let mode = |f: &str| {
+            fs::metadata(cur.join(f))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            (mode("key.pem"), mode("combined.pem"), mode("cert.pem")),
+            (0o600, 0o600, 0o644)
+        );
     }
 
     #[test]

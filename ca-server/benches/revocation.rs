@@ -14,7 +14,10 @@ const REVOKED: usize = 100_000;
 const OCSP_ROUNDS: u32 = 5_000;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run());
 }
 
@@ -23,8 +26,17 @@ async fn run() {
     let policy_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/example.toml");
     let policy = Policy::load(std::path::Path::new(policy_path)).expect("policy");
     let names: Vec<String> = DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let built = build_ca(&policy, policy_path, None, Default::default(), &names, false, OffsetDateTime::now_utc(), "bench")
-        .expect("ca");
+    let built = build_ca(
+        &policy,
+        policy_path,
+        None,
+        Default::default(),
+        &names,
+        false,
+        OffsetDateTime::now_utc(),
+        "bench",
+    )
+    .expect("ca");
     let db = dir.path().join("ca.db");
     let store = Arc::new(SqliteStore::open(&db, true).await.expect("store"));
     store.initialize(&built.new_ca).await.expect("init");
@@ -38,7 +50,10 @@ async fn run() {
         let mut tx = pool.begin().await.expect("tx");
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for i in 0..REVOKED {
-            let serial = format!("{:032x}", 0x4000_0000_0000_0000_0000_0000_0000_0000u128 + i as u128);
+            let serial = format!(
+                "{:032x}",
+                0x4000_0000_0000_0000_0000_0000_0000_0000u128 + i as u128
+            );
             sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES (?, ?)")
                 .bind(&serial)
                 .bind(now)
@@ -66,11 +81,20 @@ async fn run() {
         tx.commit().await.expect("commit");
         pool.close().await;
     }
-    println!("setup: {REVOKED} revoked rows inserted in {:.1?}", fill.elapsed());
+    println!(
+        "setup: {REVOKED} revoked rows inserted in {:.1?}",
+        fill.elapsed()
+    );
 
-    let ca = ca_server::service::Ca::open(store.clone(), Arc::new(SystemClock), policy, None, CaOptions::default())
-        .await
-        .expect("open");
+    let ca = ca_server::service::Ca::open(
+        store.clone(),
+        Arc::new(SystemClock),
+        policy,
+        None,
+        CaOptions::default(),
+    )
+    .await
+    .expect("open");
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..3 {
@@ -94,8 +118,10 @@ async fn run() {
     for nonce in [false, true] {
         let out = dir.path().join(format!("req-{nonce}.der"));
         let mut cmd = std::process::Command::new("openssl");
-        cmd.args(["ocsp", "-issuer"]).arg(dir.path().join("dev.pem"));
-        cmd.args(["-serial", "0x40000000000000000000000000000007", "-reqout"]).arg(&out);
+        cmd.args(["ocsp", "-issuer"])
+            .arg(dir.path().join("dev.pem"));
+        cmd.args(["-serial", "0x40000000000000000000000000000007", "-reqout"])
+            .arg(&out);
         if !nonce {
             cmd.arg("-no_nonce");
         }
@@ -111,7 +137,11 @@ async fn run() {
         let el = t.elapsed();
         println!(
             "OCSP {}: {:.0} answers/s ({:.1?} each, one task, in process)",
-            if *nonce { "with nonce (looked up and signed every time)" } else { "without nonce (cached)" },
+            if *nonce {
+                "with nonce (looked up and signed every time)"
+            } else {
+                "without nonce (cached)"
+            },
             f64::from(OCSP_ROUNDS) / el.as_secs_f64(),
             el / OCSP_ROUNDS
         );

@@ -147,7 +147,6 @@ impl ServeConfig {
             crl_lookback: self.crl_lookback.0,
             ocsp_validity: self.ocsp_validity.0,
             backdate: self.backdate.0,
-            ..crate::service::CaOptions::default()
         }
     }
 }

@@ -17,6 +17,30 @@ pub fn example_policy() -> PathBuf {
     repo_root().join("policies/example.toml")
 }
 
+/// The `ca-server` binary: this package's, or the sibling of `ca-agent`'s in the same target
+/// directory (`cargo test --workspace` builds both).
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ca-server") {
+        return PathBuf::from(p);
+    }
+    let agent = PathBuf::from(option_env!("CARGO_BIN_EXE_ca-agent").unwrap_or("ca-agent"));
+    let p = agent.with_file_name("ca-server");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// The `ca-agent` binary (sibling of `ca-server` when testing the server package).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ca-agent") {
+        return PathBuf::from(p);
+    }
+    server_bin().with_file_name("ca-agent")
+}
+
 /// Result of one command run.
 #[derive(Debug)]
 pub struct Run {
@@ -169,7 +193,7 @@ impl TestCa {
 
     /// `ca-server ARGS --data-dir <data>` (plus the passphrase file when sealed).
     pub fn server(&self, args: &[&str]) -> Run {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ca-server"));
+        let mut c = Command::new(server_bin());
         c.args(args).arg("--data-dir").arg(&self.data);
         if let Some(pf) = &self.passphrase_file {
             c.arg("--passphrase-file").arg(pf);
@@ -224,11 +248,12 @@ impl TestCa {
                 .unwrap_or(0)
         ));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ca-server"));
-        c.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(&self.data);
+        let mut c = Command::new(server_bin());
+        c.arg("serve");
+        if !extra.contains(&"--listen") {
+            c.args(["--listen", "127.0.0.1:0"]);
+        }
+        c.args(extra).arg("--data-dir").arg(&self.data);
         if let Some(pf) = &self.passphrase_file {
             c.arg("--passphrase-file").arg(pf);
         }
@@ -268,7 +293,10 @@ impl TestCa {
         let mut http_url = None;
         let mut line = line;
         if let Some(rest) = line.strip_prefix("listening on http://") {
-            http_url = Some(format!("http://{}", rest.split_whitespace().next().unwrap_or("")));
+            http_url = Some(format!(
+                "http://{}",
+                rest.split_whitespace().next().unwrap_or("")
+            ));
             line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("https ready line after the http one");
@@ -398,7 +426,9 @@ pub fn curl(args: &[&str]) -> Http {
 /// Downloads with curl into `path` (binary safe); returns the HTTP status (0: no answer).
 pub fn curl_download(args: &[&str], path: &Path) -> u16 {
     let mut c = Command::new("curl");
-    c.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"]).arg(path).args(args);
+    c.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"])
+        .arg(path)
+        .args(args);
     let run = run_bounded(c, Duration::from_secs(30));
     run.stdout.trim().parse().unwrap_or(0)
 }
