@@ -326,6 +326,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let c = check(include_str!("../agent.example.toml")).expect("agent.example.toml is valid");
+        assert_eq!(c.certs[0].reload_command, ["systemctl", "reload", "nginx"]);
+        assert!(c.certs[0].crl);
+    }
+
+    #[test]
     fn human_durations() {
         assert_eq!(human::parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(human::parse("0s").is_err());
