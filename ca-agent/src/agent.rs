@@ -525,7 +525,7 @@ impl Agent {
                 }
             };
             if cert.crl {
-                let pem = ca_wire_pem("X509 CRL", &der);
+                let pem = ca_wire::client::pem_encode("X509 CRL", &der);
                 if let Err(e) = replace_file(&layout.path("crl.pem"), pem.as_bytes(), 0o644) {
                     tracing::warn!(cert = %cert.name, error = %e, "cannot write crl.pem");
                 }
@@ -537,15 +537,9 @@ impl Agent {
                 .get(&cert.name)
                 .and_then(|s| s.serial.clone());
             if let (Some(serial), Ok((_, crl))) = (serial, x509_parser::parse_x509_crl(&der)) {
-                let listed = crl.iter_revoked_certificates().any(|r| {
-                    let raw = r.raw_serial();
-                    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-                    raw[first..]
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                        == serial
-                });
+                let listed = crl
+                    .iter_revoked_certificates()
+                    .any(|r| crate::validate::serial_hex(r.raw_serial()) == serial);
                 if listed && let Some(w) = wakers.get(&cert.name) {
                     tracing::warn!(cert = %cert.name, %serial, "certificate is on the CRL");
                     w.notify_one();
@@ -553,10 +547,6 @@ impl Agent {
             }
         }
     }
-}
-
-fn ca_wire_pem(label: &str, der: &[u8]) -> String {
-    ca_wire::client::pem_certificate(der).replace("CERTIFICATE", label)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

@@ -88,9 +88,7 @@ pub async fn served_serial(addr: &str, server_name: &str) -> Result<String, Stri
             .ok_or_else(|| format!("{addr} presented no certificate"))?;
         let (_, cert) = X509Certificate::from_der(&leaf)
             .map_err(|e| format!("unparsable certificate from {addr}: {e}"))?;
-        let raw = cert.raw_serial();
-        let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-        Ok(raw[first..].iter().map(|b| format!("{b:02x}")).collect())
+        Ok(crate::validate::serial_hex(cert.raw_serial()))
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await

@@ -56,7 +56,8 @@ pub enum ValidateError {
     Expired,
 }
 
-fn serial_hex(raw: &[u8]) -> String {
+/// A DER serial as lowercase hex without leading zeros (the CA's spelling).
+pub fn serial_hex(raw: &[u8]) -> String {
     let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
     raw[first..].iter().map(|b| format!("{b:02x}")).collect()
 }

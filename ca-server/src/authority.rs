@@ -283,6 +283,42 @@ pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, Authority
     Ok(out)
 }
 
+/// Parameters every intermediate shares: CA:TRUE pathlen 0, AKI, validity capped by the root's.
+fn intermediate_params(
+    root: &Signer,
+    name: DistinguishedName,
+    serial: &Serial,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, AuthorityError> {
+    let not_after = not_after.min(root.not_after()?);
+    if not_after <= not_before {
+        return Err(AuthorityError::Issuer(
+            "root expires before the intermediate would start".into(),
+        ));
+    }
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name;
+    p.serial_number = Some(serial_number(serial));
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+fn sign_intermediate(
+    p: &CertificateParams,
+    key: &CaKey,
+    root: &Signer,
+) -> Result<Issued, AuthorityError> {
+    let issuer = root.rcgen_issuer()?;
+    let cert = p.signed_by(key.key_pair(), &issuer)?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, root.cert_der())?;
+    Ok(out)
+}
+
 /// Creates an environment intermediate signed by `root`: CA:TRUE pathlen 0, keyCertSign, cRLSign
 /// and digitalSignature (to sign OCSP responses itself), and critical name constraints permitting
 /// only the environment's DNS suffixes.
@@ -291,28 +327,22 @@ pub fn create_intermediate(
     key: &CaKey,
     root: &Signer,
 ) -> Result<Issued, AuthorityError> {
-    let not_after = spec.not_after.min(root.not_after()?);
-    if not_after <= spec.not_before {
-        return Err(AuthorityError::Issuer(
-            "root expires before the intermediate would start".into(),
-        ));
-    }
-    let mut p = CertificateParams::default();
-    p.distinguished_name = ca_name(
-        spec.trust_domain,
-        format!("{} {} Intermediate CA", spec.trust_domain, spec.env),
-        Some(spec.env),
-    );
-    p.serial_number = Some(serial_number(spec.serial));
-    p.not_before = spec.not_before;
-    p.not_after = not_after;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let mut p = intermediate_params(
+        root,
+        ca_name(
+            spec.trust_domain,
+            format!("{} {} Intermediate CA", spec.trust_domain, spec.env),
+            Some(spec.env),
+        ),
+        spec.serial,
+        spec.not_before,
+        spec.not_after,
+    )?;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
     ];
-    p.use_authority_key_identifier_extension = true;
     // Only DNS subtrees. A URI subtree could pin SPIFFE IDs to the trust domain's host (X.509
     // cannot express the /<env>/ path at all), but rustls-webpki fails closed on URI
     // constraints and would reject every leaf of this intermediate, so the SPIFFE path is
@@ -325,11 +355,7 @@ pub fn create_intermediate(
             .collect(),
         excluded_subtrees: Vec::new(),
     });
-    let issuer = root.rcgen_issuer()?;
-    let cert = p.signed_by(key.key_pair(), &issuer)?;
-    let out = issued(cert.der().to_vec())?;
-    verify_chain(&out.der, root.cert_der())?;
-    Ok(out)
+    sign_intermediate(&p, key, root)
 }
 
 /// Everything needed to create the intermediate that issues the CA server's own HTTPS certificate.
@@ -357,25 +383,19 @@ pub fn create_tls_intermediate(
     key: &CaKey,
     root: &Signer,
 ) -> Result<Issued, AuthorityError> {
-    let not_after = spec.not_after.min(root.not_after()?);
-    if not_after <= spec.not_before {
-        return Err(AuthorityError::Issuer(
-            "root expires before the intermediate would start".into(),
-        ));
-    }
-    let mut p = CertificateParams::default();
-    p.distinguished_name = ca_name(
-        spec.trust_domain,
-        format!("{} CA Server Intermediate", spec.trust_domain),
-        None,
-    );
-    p.serial_number = Some(serial_number(spec.serial));
-    p.not_before = spec.not_before;
-    p.not_after = not_after;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let mut p = intermediate_params(
+        root,
+        ca_name(
+            spec.trust_domain,
+            format!("{} CA Server Intermediate", spec.trust_domain),
+            None,
+        ),
+        spec.serial,
+        spec.not_before,
+        spec.not_after,
+    )?;
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.use_authority_key_identifier_extension = true;
     let mut permitted: Vec<rcgen::GeneralSubtree> = spec
         .dns
         .iter()
@@ -391,11 +411,7 @@ pub fn create_tls_intermediate(
         permitted_subtrees: permitted,
         excluded_subtrees: Vec::new(),
     });
-    let issuer = root.rcgen_issuer()?;
-    let cert = p.signed_by(key.key_pair(), &issuer)?;
-    let out = issued(cert.der().to_vec())?;
-    verify_chain(&out.der, root.cert_der())?;
-    Ok(out)
+    sign_intermediate(&p, key, root)
 }
 
 /// DER of an Authority Information Access extension naming an OCSP responder.

@@ -481,6 +481,15 @@ async fn open_store(dir: &Path) -> CliResult<Arc<SqliteStore>> {
 
 /// Opens the CA of the data directory with the recorded (or overriding) policy.
 async fn open_ca(cli: &Cli) -> CliResult<Ca> {
+    let options = CaOptions {
+        public_url: cli.public_url.clone(),
+        ..CaOptions::default()
+    };
+    open_ca_with(cli, options).await
+}
+
+/// [`open_ca`] with explicit options (`serve` derives them from its configuration).
+async fn open_ca_with(cli: &Cli, options: CaOptions) -> CliResult<Ca> {
     let dir = data_dir(cli)?;
     let store = open_store(dir).await?;
     let settings = store
@@ -498,12 +507,8 @@ async fn open_ca(cli: &Cli) -> CliResult<Ca> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(&settings.policy_path));
     let policy = Policy::load(&policy_path)?;
-    let issue = CaOptions {
-        public_url: cli.public_url.clone(),
-        ..CaOptions::default()
-    };
     let passphrase = read_passphrase(cli)?;
-    Ok(Ca::open(store, Arc::new(SystemClock), policy, passphrase, issue).await?)
+    Ok(Ca::open(store, Arc::new(SystemClock), policy, passphrase, options).await?)
 }
 
 async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
@@ -980,31 +985,7 @@ async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
     }
     cfg.validate()
         .map_err(|m| CliError::new(ErrorKind::BadRequest, m))?;
-    let dir = data_dir(cli)?;
-    let store = open_store(dir).await?;
-    let settings = store
-        .settings()
-        .await?
-        .ok_or_else(|| CliError::new(ErrorKind::NotFound, format!("no CA in {}", dir.display())))?;
-    if !settings.keys_sealed {
-        eprintln!(
-            "warning: CA keys in {} are stored unencrypted (created with --insecure-no-passphrase); development only",
-            dir.display()
-        );
-    }
-    let policy_path = cli
-        .policy
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&settings.policy_path));
-    let policy = Policy::load(&policy_path)?;
-    let ca = Ca::open(
-        store,
-        Arc::new(SystemClock),
-        policy,
-        read_passphrase(cli)?,
-        cfg.ca_options(),
-    )
-    .await?;
+    let ca = open_ca_with(cli, cfg.ca_options()).await?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -440,14 +440,19 @@ pub async fn fetch_pinned_root(url: &str, fingerprint: &str) -> Result<String, C
 
 /// PEM text of one DER certificate.
 pub fn pem_certificate(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
+/// PEM text of DER with the given label (`CERTIFICATE`, `X509 CRL`, ...).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
-    out.push_str("-----END CERTIFICATE-----\n");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 
