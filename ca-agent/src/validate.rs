@@ -172,6 +172,110 @@ mod tests {
         assert_eq!(serial_hex(&[0x7f]), "7f");
     }
 
+    struct Pki {
+        root_der: Vec<u8>,
+        int_pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    fn pki() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let root_key = KeyPair::generate().expect("key");
+        let mut rp = CertificateParams::new(Vec::<String>::new()).expect("params");
+        rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = rp.self_signed(&root_key).expect("root");
+        let root_issuer = rcgen::Issuer::new(rp, root_key);
+        let int_key = KeyPair::generate().expect("key");
+        let mut ip = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ip.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ip.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let int = ip.signed_by(&int_key, &root_issuer).expect("intermediate");
+        Pki {
+            root_der: root.der().to_vec(),
+            int_pem: int.pem(),
+            issuer: rcgen::Issuer::new(ip, int_key),
+        }
+    }
+
+    fn leaf(pki: &Pki, uri: &str, dns: &[&str]) -> (String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().expect("uri")));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let cert = p.signed_by(&key, &pki.issuer).expect("leaf");
+        (
+            key.serialize_pem(),
+            format!("{}{}", cert.pem(), pki.int_pem),
+        )
+    }
+
+    #[test]
+    fn accepts_the_asked_for_certificate_and_refuses_every_other() {
+        let pki = pki();
+        let roots = vec![CertificateDer::from(pki.root_der.clone())];
+        let dns = vec!["api.dev.svc.example.internal".to_string()];
+        let expect = Expect {
+            env: "dev",
+            service: "api",
+            dns: &dns,
+            ips: &[],
+        };
+        let now = crate::status::now();
+        let (key, chain) = leaf(
+            &pki,
+            "spiffe://example.internal/dev/api",
+            &["api.dev.svc.example.internal"],
+        );
+        let info = validate(&key, &chain, &roots, &expect, now).expect("valid");
+        assert_eq!(info.spiffe_id, "spiffe://example.internal/dev/api");
+
+        let (other_key, _) = leaf(&pki, "spiffe://example.internal/dev/api", &[]);
+        assert_eq!(
+            validate(&other_key, &chain, &roots, &expect, now),
+            Err(ValidateError::KeyMismatch)
+        );
+        let (k, c) = leaf(
+            &pki,
+            "spiffe://example.internal/prod/api",
+            &["api.dev.svc.example.internal"],
+        );
+        assert!(matches!(
+            validate(&k, &c, &roots, &expect, now),
+            Err(ValidateError::Identity(_))
+        ));
+        let (k, c) = leaf(
+            &pki,
+            "spiffe://example.internal/dev/api",
+            &["web.dev.svc.example.internal"],
+        );
+        assert!(matches!(
+            validate(&k, &c, &roots, &expect, now),
+            Err(ValidateError::Identity(_))
+        ));
+        assert_eq!(
+            validate(&key, &chain, &roots, &expect, now + 7200),
+            Err(ValidateError::Expired)
+        );
+        let foreign = pki_foreign_root();
+        assert!(matches!(
+            validate(&key, &chain, &[foreign], &expect, now),
+            Err(ValidateError::Chain(_))
+        ));
+    }
+
+    fn pki_foreign_root() -> CertificateDer<'static> {
+        CertificateDer::from(pki().root_der)
+    }
+
     #[test]
     fn garbage_is_a_parse_error() {
         let e = validate(
