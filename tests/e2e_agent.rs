@@ -431,8 +431,11 @@ fn agent_rides_out_a_server_outage_and_a_sigkill() {
     });
     assert!(renewed["last_error"].is_null(), "{renewed}");
 
-    // SIGKILL at an arbitrary moment, restart: the files stay consistent and renewal goes on.
-    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL at the moment the next renewal starts (key generation, request, write), restart:
+    // the files stay consistent and renewal goes on.
+    let renewal_due = renewed["next_attempt"].as_i64().unwrap_or(0);
+    let wait = u64::try_from(renewal_due - support_now()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(30));
     agent.kill9();
     let mut agent = Agent::start(&cfg);
     let after = wait_for(

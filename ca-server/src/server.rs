@@ -354,7 +354,16 @@ pub async fn serve(
     tracing::info!(%addr, "serving");
 
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its request headers must not hold a connection forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(StdDuration::from_secs(10));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(StdDuration::from_secs(30));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer_addr) = tokio::select! {
