@@ -732,3 +732,51 @@ fn serve_refuses_bad_configuration_and_wrong_passphrases() {
     let mut server = ca.serve(&["--config", s(&cfg)]);
     assert_eq!(server.terminate(), Some(0));
 }
+
+#[test]
+fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_one_is_broken() {
+    let ca = TestCa::new();
+    let policy = ca.path("policy.toml");
+    let original = std::fs::read_to_string(support::example_policy()).expect("policy");
+    std::fs::write(&policy, &original).expect("write");
+    ca.server(&["init", "--policy", s(&policy), "--insecure-no-passphrase"]).expect_code(0);
+    let env = Env::with(ca, &[]);
+    let enroll_extra = |token: &str| {
+        let (_, csr) = env.csr(&format!("reload-{}", rand_suffix()));
+        let body = serde_json::json!({ "token": token, "csr": csr, "dns": ["api-v2.dev.svc.example.internal"] });
+        env.post("/v1/enroll", &body.to_string(), None)
+    };
+    let first = env.token("dev", "api", &[]);
+    enroll_extra(&first).expect_problem(403, "policy-denied");
+
+    let widened = original.replacen(
+        "dns = [\"{service}.{env}.svc.example.internal\"]",
+        "dns = [\"{service}.{env}.svc.example.internal\", \"{service}-v2.{env}.svc.example.internal\"]",
+        1,
+    );
+    assert_ne!(widened, original);
+    std::fs::write(&policy, &widened).expect("write");
+    env.server.signal("HUP");
+    let start = std::time::Instant::now();
+    loop {
+        let r = enroll_extra(&first);
+        if r.status == 201 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "policy not reloaded: {}", r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A broken edit is refused and the policy in force stays.
+    let second = env.token("dev", "api", &[]);
+    std::fs::write(&policy, "trust_domain = \"example.internal\"\nthis is not toml").expect("write");
+    env.server.signal("HUP");
+    let start = std::time::Instant::now();
+    while !env.server.stderr().contains("policy reload refused") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no refusal logged: {}", env.server.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(enroll_extra(&second).status, 201, "the last good policy stays in force");
+    let audit = env.ca.server(&["audit"]).stdout.clone();
+    assert_eq!(audit.matches("policy-reload ok").count(), 1, "{audit}");
+}

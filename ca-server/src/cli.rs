@@ -985,7 +985,8 @@ async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
     }
     cfg.validate()
         .map_err(|m| CliError::new(ErrorKind::BadRequest, m))?;
-    let ca = open_ca_with(cli, cfg.ca_options()).await?;
+    let ca = Arc::new(open_ca_with(cli, cfg.ca_options()).await?);
+    spawn_policy_reloader(ca.clone(), cli.policy.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -994,13 +995,40 @@ async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
         .install_recorder()
         .map_err(|e| CliError::new(ErrorKind::Internal, format!("metrics: {e}")))?;
     crate::server::serve(
-        Arc::new(ca),
+        ca,
         cfg,
         Some(metrics),
         crate::server::shutdown_signal(),
     )
     .await?;
     Ok(())
+}
+
+/// SIGHUP re-reads the policy (the `--policy` file, else the one recorded at init). A policy
+/// that does not load, or does not fit the CA, is refused and the old one stays in force.
+fn spawn_policy_reloader(ca: Arc<Ca>, policy_flag: Option<PathBuf>) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; policy reload disabled");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let path = policy_flag
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&ca.settings().policy_path));
+            let result = match Policy::load(&path) {
+                Ok(p) => ca.reload_policy(p).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => tracing::warn!(path = %path.display(), "policy reloaded"),
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+            }
+        }
+    });
 }
 
 async fn token_create(cli: &Cli, a: &TokenCreateArgs) -> CliResult<()> {

@@ -342,6 +342,19 @@ impl Server {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the server.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "could not send SIG{sig}");
+        }
+    }
+
     /// What the server wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -214,7 +214,7 @@ pub struct Ca {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     settings: CaSettings,
-    policy: Policy,
+    policy: std::sync::RwLock<Arc<Policy>>,
     passphrase: Option<Passphrase>,
     options: CaOptions,
     revocation_epoch: std::sync::atomic::AtomicU64,
@@ -253,7 +253,7 @@ impl Ca {
             store,
             clock,
             settings,
-            policy,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             passphrase,
             options,
             revocation_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -267,9 +267,37 @@ impl Ca {
         &self.settings
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy in force (a snapshot: a reload does not change what a caller already holds).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the policy, refusing one that changes the trust domain or names an environment
+    /// without an intermediate. Requests already in flight finish under the old policy.
+    pub async fn reload_policy(&self, policy: Policy) -> Result<(), ServiceError> {
+        if policy.trust_domain != self.settings.trust_domain {
+            return Err(ServiceError::TrustDomainChanged {
+                recorded: self.settings.trust_domain.clone(),
+                policy: policy.trust_domain,
+            });
+        }
+        for env in policy.environments.keys() {
+            self.authority(env).await?;
+        }
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.audit(AuditEntry {
+            id: 0,
+            at: self.now_unix(),
+            actor: "ca-server".into(),
+            action: "policy-reload".into(),
+            env: None,
+            service: None,
+            serial: None,
+            result: AuditResult::Ok,
+            reason: None,
+        })
+        .await;
+        Ok(())
     }
 
     /// The store.
@@ -330,7 +358,7 @@ impl Ca {
     /// Opens every signer the policy needs (all environments and the TLS issuer), so a wrong
     /// passphrase or a missing intermediate fails at start-up rather than on the first request.
     pub async fn load_signers(&self) -> Result<(), ServiceError> {
-        for env in self.policy.environments.keys() {
+        for env in self.policy().environments.keys() {
             self.signer(env).await?;
         }
         self.signer(TLS_ID).await?;
@@ -344,7 +372,7 @@ impl Ca {
 
     /// Trust bundle for `env`: the root, then the environment's intermediate.
     pub async fn bundle(&self, env: &str) -> Result<String, ServiceError> {
-        if !self.policy.environments.contains_key(env) {
+        if !self.policy().environments.contains_key(env) {
             return Err(ServiceError::NotFound(format!(
                 "unknown environment {env:?}"
             )));
@@ -423,7 +451,7 @@ impl Ca {
         } else {
             (input.dns.clone(), input.ips.clone())
         };
-        let decision = self.policy.decide(&IssueRequest {
+        let decision = self.policy().decide(&IssueRequest {
             identity: &input.identity,
             dns: &dns,
             ips: &ips,
