@@ -734,3 +734,139 @@ fn ci_issue_one_shot_writes_verified_files_or_nothing() {
         .expect_stderr("already used");
     assert!(!out.exists());
 }
+
+/// Starts `openssl s_server` on 127.0.0.1:0 with a throwaway certificate and returns its port.
+fn probe_port(tmp: &Path) -> u16 {
+    let key = tmp.join("probe.key");
+    let cert = tmp.join("probe.pem");
+    openssl([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+        "-subj",
+        "/CN=probe",
+        "-days",
+        "1",
+    ])
+    .expect_code(0);
+    let mut child = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-cert",
+            s(&cert),
+            "-key",
+            s(&key),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                let _ = tx.send(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok()),
+                );
+                return;
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(10)).ok().flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    port.expect("s_server port")
+}
+
+#[test]
+fn the_post_reload_check_confirms_the_service_serves_the_new_serial() {
+    let env = Env::new();
+    let port = probe_port(env.ca.tmp.path());
+    let pattern = format!("openssl s_server -accept 127.0.0.1:{port} ");
+    // The "service": openssl s_server, restarted by the reload hook with the new certificate.
+    // The address only ever appears through $a, so pkill cannot match this shell's own command line.
+    let hook = format!(
+        "a=127.0.0.1:{port}; pkill -f \"openssl s_server -accept $a \"; sleep 0.2; setsid openssl s_server -accept $a \
+         -cert \"$CERT_PATH\" -key \"$KEY_PATH\" -quiet </dev/null >/dev/null 2>&1 &"
+    );
+    let extra = format!("check_tls = \"127.0.0.1:{port}\"\nreload_timeout = \"10s\"\n",);
+    let cfg = env.agent_config("check", "1h", &extra);
+    let text = std::fs::read_to_string(&cfg).expect("cfg");
+    let start = text.find("reload_command = ").expect("hook line");
+    let end = start + text[start..].find('\n').expect("eol");
+    let hook_toml = format!("reload_command = [\"sh\", \"-c\", {}]", toml_string(&hook));
+    std::fs::write(
+        &cfg,
+        format!("{}{}{}", &text[..start], hook_toml, &text[end..]),
+    )
+    .expect("write");
+    write_token(&cfg, &env.token(&[]));
+    let agent = Agent::start(&cfg);
+    let cleanup = |_: ()| {
+        let _ = Command::new("pkill").args(["-f", &pattern]).status();
+    };
+    let first = wait_for(
+        &cfg,
+        Duration::from_secs(30),
+        "a checked certificate",
+        |s| {
+            s["health"] == "ok"
+                && s["renewals"] == 1
+                && s["reload_warning"].is_null()
+                && s["next_attempt"].as_i64().unwrap_or(0) > 0
+        },
+    );
+    let mut c = Command::new(agent_bin());
+    c.args(["renew", "--now", "--config", s(&cfg)]);
+    support::run_bounded(c, Duration::from_secs(10)).expect_code(0);
+    let second = wait_for(
+        &cfg,
+        Duration::from_secs(30),
+        "the second checked certificate",
+        |s| s["renewals"] == 2 && s["serial"] != first["serial"],
+    );
+    // The check runs after the renewal is recorded; give it its few seconds, then it must be clean.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = api_status(&cfg);
+    cleanup(());
+    assert_eq!(after["serial"], second["serial"]);
+    assert!(
+        after["reload_warning"].is_null(),
+        "the served serial was not confirmed: {after}\n{}",
+        agent.log()
+    );
+    let served = ca_agent_served(port);
+    assert_eq!(served.as_deref(), None, "s_server stopped with the test");
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Whether anything still listens on the port (it must not, once the test cleaned up).
+fn ca_agent_served(port: u16) -> Option<String> {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .ok()
+    .map(|_| "still listening".to_string())
+}

@@ -739,7 +739,8 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_one_is_broken() 
     let policy = ca.path("policy.toml");
     let original = std::fs::read_to_string(support::example_policy()).expect("policy");
     std::fs::write(&policy, &original).expect("write");
-    ca.server(&["init", "--policy", s(&policy), "--insecure-no-passphrase"]).expect_code(0);
+    ca.server(&["init", "--policy", s(&policy), "--insecure-no-passphrase"])
+        .expect_code(0);
     let env = Env::with(ca, &[]);
     let enroll_extra = |token: &str| {
         let (_, csr) = env.csr(&format!("reload-{}", rand_suffix()));
@@ -763,20 +764,36 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_one_is_broken() 
         if r.status == 201 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "policy not reloaded: {}", r.body);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "policy not reloaded: {}",
+            r.body
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // A broken edit is refused and the policy in force stays.
     let second = env.token("dev", "api", &[]);
-    std::fs::write(&policy, "trust_domain = \"example.internal\"\nthis is not toml").expect("write");
+    std::fs::write(
+        &policy,
+        "trust_domain = \"example.internal\"\nthis is not toml",
+    )
+    .expect("write");
     env.server.signal("HUP");
     let start = std::time::Instant::now();
     while !env.server.stderr().contains("policy reload refused") {
-        assert!(start.elapsed() < Duration::from_secs(10), "no refusal logged: {}", env.server.stderr());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refusal logged: {}",
+            env.server.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(enroll_extra(&second).status, 201, "the last good policy stays in force");
+    assert_eq!(
+        enroll_extra(&second).status,
+        201,
+        "the last good policy stays in force"
+    );
     let audit = env.ca.server(&["audit"]).stdout.clone();
     assert_eq!(audit.matches("policy-reload ok").count(), 1, "{audit}");
 }

@@ -994,13 +994,7 @@ async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
         .map_err(|e| CliError::new(ErrorKind::Internal, format!("metrics: {e}")))?
         .install_recorder()
         .map_err(|e| CliError::new(ErrorKind::Internal, format!("metrics: {e}")))?;
-    crate::server::serve(
-        ca,
-        cfg,
-        Some(metrics),
-        crate::server::shutdown_signal(),
-    )
-    .await?;
+    crate::server::serve(ca, cfg, Some(metrics), crate::server::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -1025,7 +1019,9 @@ fn spawn_policy_reloader(ca: Arc<Ca>, policy_flag: Option<PathBuf>) {
             };
             match result {
                 Ok(()) => tracing::warn!(path = %path.display(), "policy reloaded"),
-                Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the previous policy stays in force")
+                }
             }
         }
     });

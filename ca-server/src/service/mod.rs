@@ -269,7 +269,10 @@ impl Ca {
 
     /// The policy in force (a snapshot: a reload does not change what a caller already holds).
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the policy, refusing one that changes the trust domain or names an environment
