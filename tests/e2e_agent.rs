@@ -8,13 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Server, TestCa, agent_bin, openssl};
+use support::{Server, TestCa, agent_bin, openssl, s};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 /// A reader that keeps opening the published files and logs any inconsistency: a key that does
 /// not match its certificate, an unreadable or partial file, an expired certificate.
@@ -371,21 +367,9 @@ fn agent_rotates_with_fresh_keys_and_readers_never_see_a_torn_pair() {
     assert_eq!(last["failures"], 0, "{last}");
 
     // The published files verify with openssl against the bundle the agent keeps.
-    let v = openssl([
-        "verify",
-        "-CAfile",
-        s(&out.join("bundle.pem")),
-        "-untrusted",
-        s(&out.join("chain.pem")),
-        s(&out.join("cert.pem")),
-    ]);
+    let v = support::openssl_verify_dir(&out);
     v.expect_code(0);
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(out.join("current/key.pem"))
-            .expect("key")
-            .permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(support::mode(&out.join("current/key.pem")), 0o600);
     assert!(
         std::fs::read_dir(out.join("versions"))
             .expect("versions")
@@ -706,21 +690,8 @@ fn ci_issue_one_shot_writes_verified_files_or_nothing() {
             support::list_dir(&out),
             ["bundle.pem", "cert.pem", "chain.pem", "key.pem"]
         );
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(out.join("key.pem"))
-                .expect("key")
-                .permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600);
-        openssl([
-            "verify",
-            "-CAfile",
-            s(&out.join("bundle.pem")),
-            "-untrusted",
-            s(&out.join("chain.pem")),
-            s(&out.join("cert.pem")),
-        ])
-        .expect_code(0);
+        assert_eq!(support::mode(&out.join("key.pem")), 0o600);
+        support::openssl_verify_dir(&out).expect_code(0);
         let text = openssl(["x509", "-noout", "-text", "-in", s(&out.join("cert.pem"))])
             .stdout
             .clone();

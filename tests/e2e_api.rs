@@ -7,13 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Http, Server, TestCa, curl, openssl};
+use support::{Http, Server, TestCa, curl, openssl, s};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 struct Env {
     ca: TestCa,

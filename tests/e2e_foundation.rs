@@ -3,10 +3,9 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use support::{TestCa, example_policy, list_dir, openssl};
+use support::{TestCa, example_policy, list_dir, openssl, s};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
 
@@ -16,10 +15,6 @@ const DENIED: i32 = 3;
 const UNAUTHORIZED: i32 = 4;
 const NOT_FOUND: i32 = 5;
 const CONFLICT: i32 = 6;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 fn certs_json(ca: &TestCa) -> Vec<serde_json::Value> {
     let run = ca.server(&["certs", "list", "--json"]);
@@ -112,21 +107,10 @@ fn init_issue_verify_and_list() {
         list_dir(&out),
         ["bundle.pem", "cert.pem", "chain.pem", "key.pem"]
     );
-    let mode = std::fs::metadata(out.join("key.pem"))
-        .expect("key")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = support::mode(&out.join("key.pem"));
     assert_eq!(mode, 0o600, "key.pem must be 0600");
 
-    let verify = openssl([
-        "verify",
-        "-CAfile",
-        s(&out.join("bundle.pem")),
-        "-untrusted",
-        s(&out.join("chain.pem")),
-        s(&out.join("cert.pem")),
-    ]);
+    let verify = support::openssl_verify_dir(&out);
     verify.expect_code(0);
     assert!(verify.stdout.contains(": OK"), "{}", verify.stdout);
 
@@ -448,15 +432,7 @@ fn openssl_csrs_of_each_supported_key_type_are_certified() {
         let text = x509_text(&out.join("cert.pem"));
         assert!(text.contains(ku), "{name}: {text}");
         assert!(text.contains("DNS:api.dev.svc.example.internal"), "{name}");
-        openssl([
-            "verify",
-            "-CAfile",
-            s(&out.join("bundle.pem")),
-            "-untrusted",
-            s(&out.join("chain.pem")),
-            s(&out.join("cert.pem")),
-        ])
-        .expect_code(0);
+        support::openssl_verify_dir(&out).expect_code(0);
         let cert_pub = openssl(["x509", "-noout", "-pubkey", "-in", s(&out.join("cert.pem"))])
             .stdout
             .clone();
@@ -499,7 +475,7 @@ fn init_refuses_an_existing_ca_and_leaves_it_untouched() {
         .expect_stderr("already holds a CA");
     assert_eq!(std::fs::read(&db).expect("db"), before);
     assert_eq!(list_dir(&ca.data), ["ca.db"]);
-    let mode = std::fs::metadata(&db).expect("db").permissions().mode() & 0o777;
+    let mode = support::mode(&db);
     assert_eq!(mode, 0o600);
 }
 
@@ -623,11 +599,7 @@ fn offline_root_key_leaves_the_data_dir() {
     let fp = info["root_fingerprint"].as_str().expect("fingerprint");
     let text = std::fs::read_to_string(&root_key).expect("root key file");
     assert!(text.contains("sealed-v1:"), "offline root key is sealed");
-    let mode = std::fs::metadata(&root_key)
-        .expect("meta")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = support::mode(&root_key);
     assert_eq!(mode, 0o600);
     // The fingerprint printed is the SHA-256 of the root certificate.
     let root_pem = info["root_pem"].as_str().expect("root pem");

@@ -7,13 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Server, TestCa, curl, openssl};
+use support::{Server, TestCa, curl, openssl, s};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 /// A CA serving HTTPS and plain HTTP, with the files relying parties need.
 struct Pki {

@@ -7,6 +7,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A path as `&str` for command arguments (test paths are always UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+/// `openssl verify` of `DIR/cert.pem` with `DIR/bundle.pem` as anchors and `DIR/chain.pem` as
+/// intermediates: the layout both `ca-server issue` and `ca-agent` write.
+pub fn openssl_verify_dir(dir: &Path) -> Run {
+    openssl([
+        "verify",
+        "-CAfile",
+        s(&dir.join("bundle.pem")),
+        "-untrusted",
+        s(&dir.join("chain.pem")),
+        s(&dir.join("cert.pem")),
+    ])
+}
+
+/// Permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Absolute path of the repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
