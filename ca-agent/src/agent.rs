@@ -631,3 +631,38 @@ pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), Ag
     tracing::info!("stopping");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_resolve_by_number_or_name_and_unknown_names_are_refused() {
+        assert_eq!(resolve_id(&None, "/etc/passwd").ok(), Some(None));
+        assert_eq!(
+            resolve_id(&Some("1234".into()), "/etc/passwd").ok(),
+            Some(Some(1234))
+        );
+        assert_eq!(
+            resolve_id(&Some("root".into()), "/etc/passwd").ok(),
+            Some(Some(0))
+        );
+        let e = resolve_id(&Some("no-such-user-here".into()), "/etc/passwd")
+            .err()
+            .map(|e| e.message);
+        assert!(e.unwrap_or_default().contains("no-such-user-here"));
+    }
+
+    #[test]
+    fn new_keys_are_fresh_and_their_csrs_verify() {
+        let a = new_key("p256", "api").expect("key");
+        let b = new_key("p256", "api").expect("key");
+        assert_ne!(*a.key_pem, *b.key_pem);
+        assert!(a.csr_pem.contains("BEGIN CERTIFICATE REQUEST"));
+        assert!(new_key("ed25519", "api").is_ok() && new_key("p384", "api").is_ok());
+        assert_eq!(
+            new_key("rsa", "api").err().map(|e| e.exit),
+            Some(Exit::Usage)
+        );
+    }
+}
