@@ -791,8 +791,18 @@ fn the_post_reload_check_confirms_the_service_serves_the_new_serial() {
     .expect("write");
     write_token(&cfg, &env.token(&[]));
     let agent = Agent::start(&cfg);
-    let cleanup = |_: ()| {
-        let _ = Command::new("pkill").args(["-f", &pattern]).status();
+    // Stops the s_server the hook started (bounded): TERM, then KILL, until the port is closed.
+    let cleanup = || {
+        for sig in ["-TERM", "-TERM", "-KILL", "-KILL"] {
+            let _ = Command::new("pkill").args([sig, "-f", &pattern]).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                if ca_agent_served(port).is_none() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     };
     let first = wait_for(
         &cfg,
@@ -817,12 +827,14 @@ fn the_post_reload_check_confirms_the_service_serves_the_new_serial() {
     // The check runs after the renewal is recorded; give it its few seconds, then it must be clean.
     std::thread::sleep(Duration::from_secs(3));
     let after = api_status(&cfg);
-    cleanup(());
+    let log = agent.log();
+    // The agent goes first, so no hook can start another s_server after the cleanup.
+    drop(agent);
+    cleanup();
     assert_eq!(after["serial"], second["serial"]);
     assert!(
         after["reload_warning"].is_null(),
-        "the served serial was not confirmed: {after}\n{}",
-        agent.log()
+        "the served serial was not confirmed: {after}\n{log}"
     );
     let served = ca_agent_served(port);
     assert_eq!(served.as_deref(), None, "s_server stopped with the test");
