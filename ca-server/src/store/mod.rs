@@ -4,6 +4,7 @@
 //! certificate row and its audit entry commit together, before the certificate leaves the CA; the
 //! audit log is append-only. [`conformance`] checks them for any backend.
 
+#[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
 mod sqlite;
 
