@@ -600,6 +600,7 @@ fn public_endpoints_and_problem_documents() {
         "ca_certificates_issued_total{env=\"dev\",via=\"enroll\"} 1",
         "ca_requests_denied_total{op=\"enroll\",reason=\"malformed-json\"} 1",
         "ca_live_certificates{env=\"dev\"} 1",
+        "ca_live_certificates{env=\"prod\"} 0",
         "ca_http_request_duration_seconds_bucket",
     ] {
         assert!(

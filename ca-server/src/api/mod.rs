@@ -418,7 +418,13 @@ async fn render_metrics(State(st): State<AppState>) -> Result<Response, ApiError
         .count_live_certificates(st.ca.now_unix())
         .await
         .map_err(|e| ApiError::from(crate::service::ServiceError::from(e)))?;
-    for (env, n) in live {
+    // Every environment gets a value, so one whose last certificate was revoked drops to 0.
+    let mut envs: Vec<String> = st.ca.policy().environments.keys().cloned().collect();
+    envs.extend(live.iter().map(|(env, _)| env.clone()));
+    envs.sort();
+    envs.dedup();
+    for env in envs {
+        let n = live.iter().find(|(e, _)| *e == env).map_or(0, |(_, n)| *n);
         metrics::gauge!("ca_live_certificates", "env" => env).set(n as f64);
     }
     let mut resp = handle.render().into_response();

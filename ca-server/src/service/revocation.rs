@@ -137,6 +137,9 @@ impl Ca {
             });
         }
         self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
+        // Only environment intermediates publish CRLs (the server's own certificates are
+        // refused through the store like any other).
+        issuers.retain(|i| self.policy().environments.contains_key(i));
         for issuer in issuers {
             // The revocation itself is committed; a CRL that cannot be signed now is retried by
             // the scheduler, and OCSP already answers from the store.
