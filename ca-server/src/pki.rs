@@ -58,6 +58,23 @@ impl Serial {
         Serial(bytes[first..].to_vec())
     }
 
+    /// The serial of a DER certificate, if it parses.
+    pub fn of_certificate(der: &[u8]) -> Option<Serial> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, c)| Serial::from_bytes(c.raw_serial()))
+    }
+
+    /// The audit actor of a request authenticated (or not) by this client certificate:
+    /// `cert:<serial>`.
+    pub fn actor_of_certificate(der: &[u8]) -> String {
+        match Serial::of_certificate(der) {
+            Some(s) => format!("cert:{s}"),
+            None => "cert:unparsable".into(),
+        }
+    }
+
     /// The minimal big-endian magnitude bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

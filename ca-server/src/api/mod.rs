@@ -170,8 +170,7 @@ async fn self_revoke(
         let named: Serial = s.parse().map_err(|e: crate::pki::HexError| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string())
         })?;
-        let own = actor_of(&leaf);
-        if own != format!("cert:{named}") {
+        if Serial::of_certificate(&leaf) != Some(named) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -286,14 +285,6 @@ impl AppState {
     }
 }
 
-fn actor_of(leaf: &[u8]) -> String {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    match X509Certificate::from_der(leaf) {
-        Ok((_, c)) => format!("cert:{}", crate::pki::Serial::from_bytes(c.raw_serial())),
-        Err(_) => "cert:unparsable".into(),
-    }
-}
-
 async fn enroll(
     State(st): State<AppState>,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
@@ -332,11 +323,19 @@ async fn renew(
     };
     let Json(req) = match body {
         Ok(b) => b,
-        Err(r) => return Err(st.rejected("renew", &actor_of(&presented), r.into()).await),
+        Err(r) => {
+            return Err(st
+                .rejected("renew", &Serial::actor_of_certificate(&presented), r.into())
+                .await);
+        }
     };
     let ttl = match parse_ttl(req.ttl.as_deref()) {
         Ok(t) => t,
-        Err(e) => return Err(st.rejected("renew", &actor_of(&presented), e).await),
+        Err(e) => {
+            return Err(st
+                .rejected("renew", &Serial::actor_of_certificate(&presented), e)
+                .await);
+        }
     };
     let out = st
         .ca

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use rcgen::{KeyPair, PublicKeyData};
 use time::Duration;
-use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use super::{Ca, IssueInput, IssueOutput, ServiceError, TLS_ID, split_server_names};
@@ -156,8 +155,7 @@ impl Ca {
     pub async fn authenticate(&self, leaf_der: &[u8]) -> Result<CertificateRecord, ServiceError> {
         let unknown =
             || ServiceError::Unauthenticated("client certificate was not issued by this CA".into());
-        let (_, cert) = X509Certificate::from_der(leaf_der).map_err(|_| unknown())?;
-        let serial = Serial::from_bytes(cert.raw_serial());
+        let serial = Serial::of_certificate(leaf_der).ok_or_else(unknown)?;
         let record = self
             .store()
             .certificate(&serial)
@@ -204,11 +202,8 @@ impl Ca {
         let record = match self.authenticate(&input.presented).await {
             Ok(r) => r,
             Err(e) => {
-                let serial = X509Certificate::from_der(&input.presented)
-                    .map(|(_, c)| Serial::from_bytes(c.raw_serial()).to_hex())
-                    .unwrap_or_else(|_| "unparsable".into());
-                self.audit_refusal("renew", &format!("cert:{serial}"), None, &e)
-                    .await;
+                let actor = Serial::actor_of_certificate(&input.presented);
+                self.audit_refusal("renew", &actor, None, &e).await;
                 return Err(e);
             }
         };
