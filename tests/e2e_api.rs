@@ -315,17 +315,7 @@ fn foreign_expired_and_revoked_client_certificates_are_refused() {
     let foreign = TestCa::init_insecure();
     let out = foreign.path("out");
     foreign
-        .server(&[
-            "issue",
-            "--env",
-            "dev",
-            "--service",
-            "api",
-            "--dns",
-            API_DEV,
-            "--out",
-            s(&out),
-        ])
+        .issue("dev", "api", &[API_DEV], &out, &[])
         .expect_code(0);
     let resp = env.post(
         "/v1/renew",
@@ -342,17 +332,7 @@ fn foreign_expired_and_revoked_client_certificates_are_refused() {
     // An expired certificate of this CA: refused at the handshake as well.
     let short = env.ca.path("short");
     env.ca
-        .server(&[
-            "issue",
-            "--env",
-            "dev",
-            "--service",
-            "api",
-            "--ttl",
-            "1s",
-            "--out",
-            s(&short),
-        ])
+        .issue("dev", "api", &[], &short, &["--ttl", "1s"])
         .expect_code(0);
     std::thread::sleep(Duration::from_millis(2100));
     let resp = env.post(
@@ -629,17 +609,7 @@ fn admin_routes_require_an_admin_identity() {
     env.get("/v1/admin/anything", Some((&cert, &key)))
         .expect_problem(403, "forbidden");
     let ops = env.ca.path("ops");
-    env.ca
-        .server(&[
-            "issue",
-            "--env",
-            "prod",
-            "--service",
-            "ops",
-            "--out",
-            s(&ops),
-        ])
-        .expect_code(0);
+    env.ca.issue("prod", "ops", &[], &ops, &[]).expect_code(0);
     let admin = (ops.join("chain.pem"), ops.join("key.pem"));
     let list = env.get("/v1/admin/certs?env=dev", Some((&admin.0, &admin.1)));
     assert_eq!(list.status, 200, "{}", list.body);

@@ -81,18 +81,7 @@ fn x509_text(cert: &Path) -> String {
 fn init_issue_verify_and_list() {
     let ca = TestCa::init_insecure();
     let out = ca.path("out");
-    let run = ca.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--dns",
-        API_DEV,
-        "--out",
-        s(&out),
-        "--json",
-    ]);
+    let run = ca.issue("dev", "api", &[API_DEV], &out, &["--json"]);
     run.expect_code(0);
     assert!(
         run.stderr.contains("unencrypted"),
@@ -223,17 +212,7 @@ fn intermediates_carry_name_constraints_and_pathlen_zero() {
 fn prod_name_through_dev_is_refused_naming_the_rule_and_nothing_is_written() {
     let ca = TestCa::init_insecure();
     let out = ca.path("out");
-    let run = ca.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--dns",
-        "api.prod.svc.example.internal",
-        "--out",
-        s(&out),
-    ]);
+    let run = ca.issue("dev", "api", &["api.prod.svc.example.internal"], &out, &[]);
     run.expect_code(DENIED)
         .expect_stderr("environments.dev.dns_suffixes");
     assert!(
@@ -523,17 +502,7 @@ fn sealed_ca_needs_the_right_passphrase() {
     );
 
     let out = ca.path("out");
-    let run = ca.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--dns",
-        API_DEV,
-        "--out",
-        s(&out),
-    ]);
+    let run = ca.issue("dev", "api", &[API_DEV], &out, &[]);
     run.expect_code(0);
     assert!(!run.stderr.contains("unencrypted"));
 
@@ -545,17 +514,7 @@ fn sealed_ca_needs_the_right_passphrase() {
         passphrase_file: Some(wrong),
     };
     let out2 = ca.path("out2");
-    let run = bad.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--dns",
-        API_DEV,
-        "--out",
-        s(&out2),
-    ]);
+    let run = bad.issue("dev", "api", &[API_DEV], &out2, &[]);
     run.expect_code(UNAUTHORIZED)
         .expect_stderr("wrong passphrase");
     assert!(
@@ -564,17 +523,9 @@ fn sealed_ca_needs_the_right_passphrase() {
     );
     assert!(!out2.exists());
     bad.passphrase_file = None;
-    bad.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--out",
-        s(&out2),
-    ])
-    .expect_code(UNAUTHORIZED)
-    .expect_stderr("CA_PASSPHRASE");
+    bad.issue("dev", "api", &[], &out2, &[])
+        .expect_code(UNAUTHORIZED)
+        .expect_stderr("CA_PASSPHRASE");
     assert_eq!(certs_json(&ca).len(), 1);
 }
 
@@ -752,17 +703,9 @@ fn commands_without_a_ca_fail_clearly() {
         .expect_stderr("unknown environment");
     let blocker = ca.path("file");
     std::fs::write(&blocker, "x").expect("write");
-    ca.server(&[
-        "issue",
-        "--env",
-        "dev",
-        "--service",
-        "api",
-        "--out",
-        s(&blocker),
-    ])
-    .expect_code(BAD_REQUEST)
-    .expect_stderr("not a directory");
+    ca.issue("dev", "api", &[], &blocker, &[])
+        .expect_code(BAD_REQUEST)
+        .expect_stderr("not a directory");
     assert!(
         certs_json(&ca).is_empty(),
         "an unusable output directory is caught before issuing"

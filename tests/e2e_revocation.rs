@@ -52,19 +52,7 @@ impl Pki {
     fn issue(&self, name: &str, service: &str, dns: &str) -> PathBuf {
         let out = self.ca.path(name);
         self.ca
-            .server(&[
-                "issue",
-                "--env",
-                "dev",
-                "--service",
-                service,
-                "--dns",
-                dns,
-                "--out",
-                s(&out),
-                "--public-url",
-                &self.http,
-            ])
+            .issue("dev", service, &[dns], &out, &["--public-url", &self.http])
             .expect_code(0);
         out
     }
@@ -456,17 +444,7 @@ fn remote_revoke_needs_an_admin_and_holders_revoke_only_themselves() {
     let victim_serial = pki.serial_of(&victim.join("cert.pem"));
     let outsider = pki.issue("outsider", "api", API_DEV);
     let ops = pki.ca.path("ops");
-    pki.ca
-        .server(&[
-            "issue",
-            "--env",
-            "prod",
-            "--service",
-            "ops",
-            "--out",
-            s(&ops),
-        ])
-        .expect_code(0);
+    pki.ca.issue("prod", "ops", &[], &ops, &[]).expect_code(0);
 
     let remote = |dir: &Path, serial: &str| {
         pki.ca.server(&[

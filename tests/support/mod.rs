@@ -219,6 +219,18 @@ impl TestCa {
         self.tmp.path().join(name)
     }
 
+    /// `ca-server issue --env ENV --service SERVICE [--dns N...] --out OUT EXTRA...`.
+    pub fn issue(&self, env: &str, service: &str, dns: &[&str], out: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["issue", "--env", env, "--service", service];
+        if !dns.is_empty() {
+            args.push("--dns");
+            args.extend_from_slice(dns);
+        }
+        args.extend(["--out", s(out)]);
+        args.extend_from_slice(extra);
+        self.server(&args)
+    }
+
     /// `ca-server ARGS --data-dir <data>` (plus the passphrase file when sealed).
     pub fn server(&self, args: &[&str]) -> Run {
         let mut c = Command::new(server_bin());
