@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Server, TestCa, agent_bin, openssl, s};
+use support::{Agent, Server, TestCa, agent_bin, openssl, s, status};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
 
@@ -182,102 +182,6 @@ reload_command = ["sh", "-c", "echo $SERIAL $(openssl pkey -in \"$KEY_PATH\" -pu
         .expect("write agent.toml");
         cfg
     }
-}
-
-/// A running `ca-agent run`, killed and reaped on drop.
-struct Agent {
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Agent {
-    fn start(cfg: &Path) -> Agent {
-        let dir = cfg.parent().expect("dir");
-        let n = std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0);
-        let stdout = dir.join(format!("agent-{n}.out"));
-        let stderr = dir.join(format!("agent-{n}.err"));
-        let child = Command::new(agent_bin())
-            .args(["run", "--config", s(cfg)])
-            .env_remove("CA_AGENT_TOKEN")
-            .env("CA_AGENT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("out"))
-            .stderr(std::fs::File::create(&stderr).expect("err"))
-            .spawn()
-            .expect("start ca-agent");
-        Agent {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("agent ignored SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for the agent to exit by itself (bounded) and returns its code.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if start.elapsed() > limit {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn status(cfg: &Path) -> (Option<i32>, serde_json::Value) {
-    let mut c = Command::new(agent_bin());
-    c.args(["status", "--json", "--config", s(cfg)]);
-    let run = support::run_bounded(c, Duration::from_secs(10));
-    let v = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
-    (run.code, v)
 }
 
 fn api_status(cfg: &Path) -> serde_json::Value {
@@ -556,8 +460,9 @@ fn renew_now_signals_the_daemon_and_metrics_are_served() {
     let m = support::curl(&[&url]);
     assert_eq!(m.status, 200);
     assert!(
-        m.body
-            .contains("ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\"} 2"),
+        m.body.contains(
+            "ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\",issuer=\"private\"} 2"
+        ),
         "{}",
         m.body
     );

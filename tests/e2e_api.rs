@@ -566,6 +566,13 @@ fn public_endpoints_and_problem_documents() {
     assert_eq!(bundle.body.matches("BEGIN CERTIFICATE").count(), 2);
     env.get("/v1/bundle?env=qa", None)
         .expect_problem(404, "not-found");
+    let info = env.get("/v1/info", None).json();
+    assert_eq!(info["trust_domain"], "example.internal");
+    assert_eq!(
+        info["environments"]["dev"]["dns_suffixes"],
+        serde_json::json!(["dev.svc.example.internal"])
+    );
+    assert!(info["environments"]["prod"].is_object(), "{info}");
     env.get("/v1/bundle", None)
         .expect_problem(400, "bad-request");
     env.get("/v1/nothing", None)

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ca_wire::client::{ApiClient, ClientError, ClientIdentity};
-use ca_wire::{CertificateResponse, EnrollRequest, RenewRequest};
+use ca_wire::{CaInfo, CertificateResponse, EnrollRequest, RenewRequest};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
-use crate::config::{AgentConfig, CertConfig};
+use crate::acme::{Acme, AcmeFailure};
+use crate::config::{AgentConfig, CertConfig, Route};
 use crate::schedule::{backoff, random_unit, refresh_in};
 use crate::status::{Board, CertStatus, Health, now};
-use crate::validate::{CertInfo, Expect, validate};
+use crate::validate::{CertInfo, Expect, validate, validate_public};
 use crate::writer::{Layout, Material, Ownership, replace_file};
 
 /// Exit-code classes shared by every command (documented in the README).
@@ -75,10 +76,23 @@ pub struct KeyAndCsr {
     pub key_pem: Zeroizing<String>,
     /// PEM CSR.
     pub csr_pem: String,
+    /// DER CSR.
+    pub csr_der: Vec<u8>,
 }
 
-/// Generates a fresh key of `key_type` and a CSR for it.
+/// Generates a fresh key of `key_type` and a CSR for it with common name `service`.
 pub fn new_key(key_type: &str, service: &str) -> Result<KeyAndCsr, AgentError> {
+    key_and_csr(key_type, service, &[])
+}
+
+/// Generates a fresh key of `key_type` and a CSR naming `dns` (the first as common name too, as
+/// ACME CAs expect).
+pub fn new_key_for_names(key_type: &str, dns: &[String]) -> Result<KeyAndCsr, AgentError> {
+    let cn = dns.first().map(String::as_str).unwrap_or_default();
+    key_and_csr(key_type, cn, dns)
+}
+
+fn key_and_csr(key_type: &str, cn: &str, dns: &[String]) -> Result<KeyAndCsr, AgentError> {
     let alg = match key_type {
         "p256" => &rcgen::PKCS_ECDSA_P256_SHA256,
         "p384" => &rcgen::PKCS_ECDSA_P384_SHA384,
@@ -93,18 +107,18 @@ pub fn new_key(key_type: &str, service: &str) -> Result<KeyAndCsr, AgentError> {
     let fail =
         |e: rcgen::Error| AgentError::new(Exit::Transient, format!("key generation failed: {e}"));
     let key = rcgen::KeyPair::generate_for(alg).map_err(fail)?;
-    let mut params = rcgen::CertificateParams::default();
+    let mut params = rcgen::CertificateParams::new(dns.to_vec()).map_err(fail)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, service);
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(fail)?;
+    if !cn.is_empty() && cn.len() <= 64 {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    let csr = params.serialize_request(&key).map_err(fail)?;
     Ok(KeyAndCsr {
         key_pem: Zeroizing::new(key.serialize_pem()),
-        csr_pem: csr,
+        csr_pem: csr.pem().map_err(fail)?,
+        csr_der: csr.der().to_vec(),
     })
 }
 
@@ -140,6 +154,8 @@ enum Failure {
     Revoked(String),
     /// No usable certificate and no token.
     NoToken,
+    /// The CA asked us to stay away until this time (Unix seconds).
+    Later(String, i64),
     /// Anything else; retry after a backoff.
     Other(String),
 }
@@ -153,13 +169,38 @@ fn classify(e: ClientError) -> Failure {
     }
 }
 
+impl From<AcmeFailure> for Failure {
+    fn from(f: AcmeFailure) -> Self {
+        match f.retry_at {
+            Some(at) => Failure::Later(f.message, at),
+            None => Failure::Other(f.message),
+        }
+    }
+}
+
+/// The private CA, once its pinned root is in hand.
+struct PrivateCa {
+    server: String,
+    roots: Vec<CertificateDer<'static>>,
+    roots_pem: String,
+    anon: ApiClient,
+}
+
+/// A certificate in place and valid, with what renewing it needs.
+struct Current {
+    info: CertInfo,
+    key: Zeroizing<String>,
+    chain: String,
+    leaf: CertificateDer<'static>,
+}
+
 /// The running agent.
 pub struct Agent {
     cfg: AgentConfig,
     token_file: Option<PathBuf>,
-    roots: Vec<CertificateDer<'static>>,
-    roots_pem: String,
-    anon: ApiClient,
+    private: Option<PrivateCa>,
+    acme: Acme,
+    routes: HashMap<String, Route>,
     board: Arc<Board>,
 }
 
@@ -185,8 +226,66 @@ fn resolve_id(spec: &Option<String>, db: &str) -> Result<Option<u32>, AgentError
         })
 }
 
+/// What the private CA says about its names: fetched, and cached in `state_dir/ca-info.json`
+/// for when it cannot be reached.
+pub async fn ca_info(anon: &ApiClient, state_dir: &Path) -> Result<CaInfo, ClientError> {
+    let cache = state_dir.join("ca-info.json");
+    let fetched = async {
+        let url = format!("{}/v1/info", anon.base());
+        anon.get("/v1/info").await?.json::<CaInfo>(&url)
+    }
+    .await;
+    match fetched {
+        Ok(info) => {
+            if let Ok(bytes) = serde_json::to_vec_pretty(&info)
+                && let Err(e) = replace_file(&cache, &bytes, 0o644)
+            {
+                tracing::warn!(error = %e, "cannot cache the CA's names");
+            }
+            Ok(info)
+        }
+        Err(e) => match std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CaInfo>(&b).ok())
+        {
+            Some(info) => {
+                tracing::warn!(error = %e, "cannot reach the CA; using its cached DNS suffixes");
+                Ok(info)
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// Decides every certificate's issuer; a certificate that cannot be routed is a usage error
+/// naming it.
+pub fn routes(
+    cfg: &AgentConfig,
+    info: Option<&CaInfo>,
+) -> Result<HashMap<String, Route>, AgentError> {
+    cfg.certs
+        .iter()
+        .map(|c| {
+            cfg.route(c, info)
+                .map(|r| (c.name.clone(), r))
+                .map_err(|e| AgentError::new(Exit::Usage, e))
+        })
+        .collect()
+}
+
+/// The first certificate of a PEM chain, as PEM.
+fn leaf_pem(chain_pem: &str) -> Result<(String, CertificateDer<'static>), String> {
+    let certs = ca_wire::client::certs_from_pem(chain_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let leaf = certs
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the CA sent an empty chain".to_string())?;
+    Ok((ca_wire::client::pem_certificate(&leaf), leaf))
+}
+
 impl Agent {
-    /// Bootstraps trust (retrying network failures; a pin mismatch is fatal) and prepares state.
+    /// Bootstraps trust with the private CA (retrying network failures; a pin mismatch is
+    /// fatal), decides every certificate's issuer and prepares state.
     pub async fn start(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             AgentError::new(
@@ -194,39 +293,77 @@ impl Agent {
                 format!("cannot create state_dir {}: {e}", cfg.state_dir.display()),
             )
         })?;
-        let mut attempt = 0;
-        let roots_pem = loop {
-            match pinned_root(&cfg.server, &cfg.root_fingerprint, Some(&cfg.state_dir)).await {
-                Ok(pem) => break pem,
-                Err(e @ (ClientError::PinMismatch { .. } | ClientError::Config(_))) => {
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    let wait =
-                        backoff(attempt, cfg.backoff_initial, cfg.backoff_max, random_unit());
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot fetch the CA root yet");
-                    attempt += 1;
-                    tokio::time::sleep(wait).await;
+        let (private, info) = match (&cfg.server, &cfg.root_fingerprint) {
+            (Some(server), Some(fp)) => {
+                let mut attempt = 0;
+                loop {
+                    let boot = async {
+                        let roots_pem = pinned_root(server, fp, Some(&cfg.state_dir)).await?;
+                        let roots = ca_wire::client::certs_from_pem(roots_pem.as_bytes())?;
+                        let anon = ApiClient::new(server, roots_pem.as_bytes(), None)?;
+                        let info = ca_info(&anon, &cfg.state_dir).await?;
+                        Ok::<_, ClientError>((
+                            PrivateCa {
+                                server: server.clone(),
+                                roots,
+                                roots_pem,
+                                anon,
+                            },
+                            info,
+                        ))
+                    };
+                    match boot.await {
+                        Ok((p, info)) => break (Some(p), Some(info)),
+                        Err(e @ (ClientError::PinMismatch { .. } | ClientError::Config(_))) => {
+                            return Err(e.into());
+                        }
+                        Err(e) => {
+                            let wait = backoff(
+                                attempt,
+                                cfg.backoff_initial,
+                                cfg.backoff_max,
+                                random_unit(),
+                            );
+                            tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the CA yet");
+                            attempt += 1;
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                 }
             }
+            _ => (None, None),
         };
-        let roots = ca_wire::client::certs_from_pem(roots_pem.as_bytes())?;
-        let anon = ApiClient::new(&cfg.server, roots_pem.as_bytes(), None)?;
+        let routes = routes(&cfg, info.as_ref())?;
         let board = Arc::new(Board::new(
             cfg.state_dir.join("status.json"),
             cfg.certs
                 .iter()
-                .map(|c| CertStatus::new(&c.name, &c.env, &c.service))
+                .map(|c| {
+                    let mut s = CertStatus::new(&c.name, &c.env, &c.service);
+                    s.issuer = Self::issuer_label(&cfg, c, routes[&c.name]);
+                    s
+                })
                 .collect(),
         ));
+        let acme = Acme::new(&cfg.state_dir);
         Ok(Agent {
             cfg,
             token_file,
-            roots,
-            roots_pem,
-            anon,
+            private,
+            acme,
+            routes,
             board,
         })
+    }
+
+    fn issuer_label(cfg: &AgentConfig, c: &CertConfig, route: Route) -> String {
+        match route {
+            Route::Private => "private".into(),
+            Route::Acme => match cfg.acme_account_of(c) {
+                Ok((name, _)) => format!("acme:{name}"),
+                Err(_) => "acme".into(),
+            },
+        }
     }
 
     /// The status board.
@@ -277,54 +414,120 @@ impl Agent {
         })
     }
 
-    /// The current certificate if it is present, consistent, chains to the root and is unexpired.
-    fn current(
+    fn private(&self) -> Result<&PrivateCa, Failure> {
+        self.private
+            .as_ref()
+            .ok_or_else(|| Failure::Other("no private CA is configured".into()))
+    }
+
+    fn acme_account<'a>(
+        &'a self,
+        cert: &CertConfig,
+    ) -> Result<(&'a str, &'a crate::config::AcmeAccountConfig), Failure> {
+        self.cfg.acme_account_of(cert).map_err(Failure::Other)
+    }
+
+    /// Validates credentials for `cert` as its issuer requires: the private CA's identity and
+    /// pinned root, or the ACME names and trust bundle.
+    async fn check(
         &self,
         cert: &CertConfig,
-        layout: &Layout,
-    ) -> Option<(CertInfo, Zeroizing<String>, String)> {
-        let (key, _, chain) = layout.read_current()?;
-        let key = Zeroizing::new(key);
-        match validate(&key, &chain, &self.roots, &Self::expect(cert), now()) {
-            Ok(info) => Some((info, key, chain)),
-            Err(e) => {
-                tracing::warn!(cert = %cert.name, error = %e, "the certificate on disk is not usable");
-                None
+        key: &str,
+        chain: &str,
+        fresh_roots: bool,
+    ) -> Result<(CertInfo, Vec<CertificateDer<'static>>), Failure> {
+        match self.routes[&cert.name] {
+            Route::Private => {
+                let p = self.private()?;
+                validate(key, chain, &p.roots, &Self::expect(cert), now())
+                    .map(|i| (i, p.roots.clone()))
+                    .map_err(|e| Failure::Other(e.to_string()))
+            }
+            Route::Acme => {
+                let (name, acct) = self.acme_account(cert)?;
+                let roots = self.acme.roots(name, acct, fresh_roots).await?;
+                validate_public(key, chain, &roots, &cert.dns, now())
+                    .map(|i| (i, roots))
+                    .map_err(|e| Failure::Other(e.to_string()))
             }
         }
     }
 
-    fn publish(
+    /// The current certificate if it is present, consistent, chains to its roots and is unexpired.
+    async fn current(&self, cert: &CertConfig, layout: &Layout) -> Option<Current> {
+        let (key, _, chain) = layout.read_current()?;
+        let key = Zeroizing::new(key);
+        match self.check(cert, &key, &chain, false).await {
+            Ok((info, _)) => {
+                let (_, leaf) = leaf_pem(&chain).ok()?;
+                Some(Current {
+                    info,
+                    key,
+                    chain,
+                    leaf,
+                })
+            }
+            Err(Failure::Other(e)) => {
+                tracing::warn!(cert = %cert.name, error = %e, "the certificate on disk is not usable");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Validates new credentials, then publishes them with `bundle_pem` beside them.
+    async fn publish(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        key_pem: &str,
+        chain_pem: &str,
+        bundle_pem: Option<&str>,
+    ) -> Result<CertInfo, Failure> {
+        let (info, roots) =
+            self.check(cert, key_pem, chain_pem, true)
+                .await
+                .map_err(|f| match f {
+                    Failure::Other(e) => {
+                        Failure::Other(format!("refusing the new certificate: {e}"))
+                    }
+                    other => other,
+                })?;
+        let (cert_pem, _) = leaf_pem(chain_pem).map_err(Failure::Other)?;
+        let own = Self::ownership(cert).map_err(|e| Failure::Other(e.message))?;
+        layout
+            .publish(
+                &Material {
+                    key_pem,
+                    cert_pem: &cert_pem,
+                    chain_pem,
+                    serial: &info.serial,
+                },
+                &own,
+            )
+            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", layout.dir().display())))?;
+        let bundle = match bundle_pem {
+            Some(b) => b.to_string(),
+            None => roots
+                .iter()
+                .map(|r| ca_wire::client::pem_certificate(r))
+                .collect(),
+        };
+        if let Err(e) = replace_file(&layout.path("bundle.pem"), bundle.as_bytes(), 0o644) {
+            tracing::warn!(cert = %cert.name, error = %e, "cannot write bundle.pem");
+        }
+        Ok(info)
+    }
+
+    async fn publish_private(
         &self,
         cert: &CertConfig,
         layout: &Layout,
         key: &KeyAndCsr,
         resp: &CertificateResponse,
     ) -> Result<CertInfo, Failure> {
-        let info = validate(
-            &key.key_pem,
-            &resp.chain,
-            &self.roots,
-            &Self::expect(cert),
-            now(),
-        )
-        .map_err(|e| Failure::Other(format!("refusing the new certificate: {e}")))?;
-        let own = Self::ownership(cert).map_err(|e| Failure::Other(e.message))?;
-        layout
-            .publish(
-                &Material {
-                    key_pem: &key.key_pem,
-                    cert_pem: &resp.certificate,
-                    chain_pem: &resp.chain,
-                    serial: &info.serial,
-                },
-                &own,
-            )
-            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", layout.dir().display())))?;
-        if let Err(e) = replace_file(&layout.path("bundle.pem"), resp.bundle.as_bytes(), 0o644) {
-            tracing::warn!(cert = %cert.name, error = %e, "cannot write bundle.pem");
-        }
-        Ok(info)
+        self.publish(cert, layout, &key.key_pem, &resp.chain, Some(&resp.bundle))
+            .await
     }
 
     async fn enroll(
@@ -333,6 +536,7 @@ impl Agent {
         layout: &Layout,
         token: &str,
     ) -> Result<CertInfo, Failure> {
+        let p = self.private()?;
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = EnrollRequest {
             token: token.to_string(),
@@ -343,30 +547,31 @@ impl Agent {
             env: Some(cert.env.clone()),
             service: Some(cert.service.clone()),
         };
-        let url = format!("{}/v1/enroll", self.anon.base());
-        let resp: CertificateResponse = self
+        let url = format!("{}/v1/enroll", p.anon.base());
+        let resp: CertificateResponse = p
             .anon
             .post_json("/v1/enroll", &req)
             .await
             .map_err(classify)?
             .json(&url)
             .map_err(classify)?;
-        self.publish(cert, layout, &key, &resp)
+        self.publish_private(cert, layout, &key, &resp).await
     }
 
-    async fn renew(
+    async fn renew_private(
         &self,
         cert: &CertConfig,
         layout: &Layout,
         key_pem: &str,
         chain_pem: &str,
     ) -> Result<CertInfo, Failure> {
+        let p = self.private()?;
         // A client per renewal: its connections carry the current certificate and are dropped
         // with it once the new one is in place.
         let identity =
             ClientIdentity::from_pem(chain_pem.as_bytes(), key_pem.as_bytes()).map_err(classify)?;
-        let client = ApiClient::new(&self.cfg.server, self.roots_pem.as_bytes(), Some(identity))
-            .map_err(classify)?;
+        let client =
+            ApiClient::new(&p.server, p.roots_pem.as_bytes(), Some(identity)).map_err(classify)?;
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = RenewRequest {
             csr: key.csr_pem.clone(),
@@ -383,48 +588,98 @@ impl Agent {
             .map_err(classify)?
             .json(&url)
             .map_err(classify)?;
-        self.publish(cert, layout, &key, &resp)
+        self.publish_private(cert, layout, &key, &resp).await
+    }
+
+    /// Orders from the ACME CA (a renewal when `replaces` is the current leaf).
+    async fn order_acme(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        replaces: Option<&CertificateDer<'_>>,
+    ) -> Result<CertInfo, Failure> {
+        let (name, acct) = self.acme_account(cert)?;
+        let issued = self.acme.order(name, acct, cert, replaces).await?;
+        self.publish(cert, layout, &issued.key_pem, &issued.chain_pem, None)
+            .await
+    }
+
+    /// When to renew `current`: the ACME CA's renewal window where it offers one, otherwise the
+    /// lifetime fraction with jitter. Returns the Unix time and, for ARI, when to ask again.
+    async fn plan(&self, cert: &CertConfig, current: &Current) -> (i64, Option<i64>) {
+        if self.routes[&cert.name] == Route::Acme
+            && let Ok((name, acct)) = self.acme_account(cert)
+            && let Some(plan) = self
+                .acme
+                .renewal_plan(name, acct, &current.leaf, random_unit())
+                .await
+        {
+            return (plan.at, plan.recheck_at);
+        }
+        let wait = refresh_in(
+            current.info.not_before,
+            current.info.not_after,
+            now(),
+            self.cfg.fraction_of(cert),
+            self.cfg.jitter,
+            random_unit(),
+        );
+        (now() + wait.as_secs() as i64, None)
     }
 
     /// Keeps one certificate fresh, forever.
     pub async fn run_cert(self: Arc<Self>, cert: CertConfig, wake: Arc<Notify>) {
         let layout = Layout::new(&cert.dir);
         layout.recover();
-        let fraction = self.cfg.fraction_of(&cert);
+        let route = self.routes[&cert.name];
         let mut attempt: u32 = 0;
         let mut revoked = false;
         loop {
             let current = if revoked {
                 None
             } else {
-                self.current(&cert, &layout)
+                self.current(&cert, &layout).await
             };
             let result = match current {
-                Some((info, key, chain)) => {
-                    let wait = refresh_in(
-                        info.not_before,
-                        info.not_after,
-                        now(),
-                        fraction,
-                        self.cfg.jitter,
-                        random_unit(),
-                    );
+                Some(cur) => {
+                    let (at, recheck) = self.plan(&cert, &cur).await;
                     self.board.update(&cert.name, |s| {
                         s.health = Health::Ok;
-                        s.serial = Some(info.serial.clone());
-                        s.spiffe_id = Some(info.spiffe_id.clone());
-                        s.not_after = Some(info.not_after);
-                        s.next_attempt = Some(now() + wait.as_secs() as i64);
+                        s.serial = Some(cur.info.serial.clone());
+                        s.spiffe_id = cur.info.spiffe_id.clone();
+                        s.issued_by = Some(cur.info.issuer.clone());
+                        s.not_after = Some(cur.info.not_after);
+                        s.next_attempt = Some(at);
                     });
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {},
-                        () = wake.notified() => tracing::info!(cert = %cert.name, "renewal requested"),
+                    let due_in = Duration::from_secs(u64::try_from(at - now()).unwrap_or(0));
+                    let sleep_for = recheck
+                        .map(|r| Duration::from_secs(u64::try_from(r - now()).unwrap_or(0)))
+                        .map_or(due_in, |r| r.min(due_in));
+                    let woken = tokio::select! {
+                        () = tokio::time::sleep(sleep_for) => false,
+                        () = wake.notified() => {
+                            tracing::info!(cert = %cert.name, "renewal requested");
+                            true
+                        }
+                    };
+                    if !woken && sleep_for < due_in {
+                        // Time to ask the CA again whether the renewal window moved.
+                        continue;
                     }
-                    self.renew(&cert, &layout, &key, &chain).await
+                    match route {
+                        Route::Private => {
+                            self.renew_private(&cert, &layout, &cur.key, &cur.chain)
+                                .await
+                        }
+                        Route::Acme => self.order_acme(&cert, &layout, Some(&cur.leaf)).await,
+                    }
                 }
-                None => match self.token() {
-                    Some(token) => self.enroll(&cert, &layout, &token).await,
-                    None => Err(Failure::NoToken),
+                None => match route {
+                    Route::Acme => self.order_acme(&cert, &layout, None).await,
+                    Route::Private => match self.token() {
+                        Some(token) => self.enroll(&cert, &layout, &token).await,
+                        None => Err(Failure::NoToken),
+                    },
                 },
             };
             match result {
@@ -435,7 +690,8 @@ impl Agent {
                     self.board.update(&cert.name, |s| {
                         s.health = Health::Ok;
                         s.serial = Some(info.serial.clone());
-                        s.spiffe_id = Some(info.spiffe_id.clone());
+                        s.spiffe_id = info.spiffe_id.clone();
+                        s.issued_by = Some(info.issuer.clone());
                         s.not_after = Some(info.not_after);
                         s.last_success = Some(now());
                         s.last_error = None;
@@ -446,7 +702,7 @@ impl Agent {
                         .update(&cert.name, |s| s.reload_warning = warning);
                 }
                 Err(f) => {
-                    let wait = backoff(
+                    let mut wait = backoff(
                         attempt,
                         self.cfg.backoff_initial,
                         self.cfg.backoff_max,
@@ -466,8 +722,14 @@ impl Agent {
                             Health::Unhealthy,
                             "no valid certificate and no enrollment token (config token, CA_AGENT_TOKEN or --token-file)".to_string(),
                         ),
+                        Failure::Later(m, at) => {
+                            // The CA named a time (rate limit): no sooner than that.
+                            wait = wait.max(Duration::from_secs(u64::try_from(at - now()).unwrap_or(0)));
+                            let still_valid = !revoked && self.current(&cert, &layout).await.is_some();
+                            (if still_valid { Health::Ok } else { Health::Unhealthy }, m)
+                        }
                         Failure::Other(m) => {
-                            let still_valid = !revoked && self.current(&cert, &layout).is_some();
+                            let still_valid = !revoked && self.current(&cert, &layout).await.is_some();
                             (if still_valid { Health::Ok } else if revoked { Health::Revoked } else { Health::Unhealthy }, m)
                         }
                     };
@@ -487,16 +749,20 @@ impl Agent {
         }
     }
 
-    /// Refreshes trust bundles (and CRLs where asked) of every certificate, and wakes a task
-    /// whose certificate appears on its environment's CRL so it finds out at once.
+    /// Refreshes trust bundles (and CRLs where asked) of every private certificate, and wakes a
+    /// task whose certificate appears on its environment's CRL so it finds out at once.
     pub async fn refresh_trust(&self, wakers: &HashMap<String, Arc<Notify>>) {
+        let Some(p) = &self.private else { return };
         for cert in &self.cfg.certs {
+            if self.routes[&cert.name] != Route::Private {
+                continue;
+            }
             let layout = Layout::new(&cert.dir);
             if layout.current().is_none() {
                 continue;
             }
             let path = format!("/v1/bundle?env={}", cert.env);
-            match self.anon.get(&path).await.and_then(|r| r.text(&path)) {
+            match p.anon.get(&path).await.and_then(|r| r.text(&path)) {
                 Ok(pem) => {
                     if std::fs::read_to_string(layout.path("bundle.pem"))
                         .ok()
@@ -513,7 +779,7 @@ impl Agent {
                 }
             }
             let crl_path = format!("/crl/{}.crl", cert.env);
-            let der = match self.anon.get(&crl_path).await {
+            let der = match p.anon.get(&crl_path).await {
                 Ok(r) if r.status == 200 => r.body,
                 Ok(r) => {
                     tracing::warn!(cert = %cert.name, status = r.status, "CRL refresh failed");
@@ -547,6 +813,86 @@ impl Agent {
             }
         }
     }
+
+    /// Revokes the certificate in place for `name` at its issuer: the ACME CA, or the private CA
+    /// through the holder's own mTLS self-revocation. Returns the serial.
+    pub async fn revoke(&self, name: &str, reason: &str) -> Result<String, AgentError> {
+        let cert = self
+            .cfg
+            .certs
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                AgentError::new(
+                    Exit::Usage,
+                    format!("no certificate named {name:?} in the configuration"),
+                )
+            })?;
+        let layout = Layout::new(&cert.dir);
+        let (key, _, chain) = layout.read_current().ok_or_else(|| {
+            AgentError::new(
+                Exit::Usage,
+                format!("{name}: no certificate in {}", cert.dir.display()),
+            )
+        })?;
+        let key = Zeroizing::new(key);
+        let (_, leaf) = leaf_pem(&chain).map_err(|e| AgentError::new(Exit::Usage, e))?;
+        let serial = x509_parser::parse_x509_certificate(&leaf)
+            .map(|(_, c)| crate::validate::serial_hex(c.raw_serial()))
+            .map_err(|e| {
+                AgentError::new(Exit::Usage, format!("{name}: unreadable certificate: {e}"))
+            })?;
+        match self.routes[&cert.name] {
+            Route::Acme => {
+                let reason = acme_reason(reason)?;
+                let (acct_name, acct) = self
+                    .cfg
+                    .acme_account_of(cert)
+                    .map_err(|e| AgentError::new(Exit::Usage, e))?;
+                self.acme
+                    .revoke(acct_name, acct, &leaf, reason)
+                    .await
+                    .map_err(|f| AgentError::new(Exit::Denied, f.message))?;
+            }
+            Route::Private => {
+                let p = self
+                    .private()
+                    .map_err(|_| AgentError::new(Exit::Usage, "no private CA is configured"))?;
+                let identity = ClientIdentity::from_pem(chain.as_bytes(), key.as_bytes())?;
+                let client = ApiClient::new(&p.server, p.roots_pem.as_bytes(), Some(identity))?;
+                let req = ca_wire::RevokeRequest {
+                    reason: Some(reason.to_string()),
+                    ..Default::default()
+                };
+                let url = format!("{}/v1/revoke", client.base());
+                client
+                    .post_json("/v1/revoke", &req)
+                    .await?
+                    .json::<serde_json::Value>(&url)?;
+            }
+        }
+        Ok(serial)
+    }
+}
+
+/// An RFC 5280 reason name as the ACME CA takes it.
+fn acme_reason(reason: &str) -> Result<instant_acme::RevocationReason, AgentError> {
+    use instant_acme::RevocationReason as R;
+    Ok(match reason {
+        "unspecified" => R::Unspecified,
+        "key-compromise" => R::KeyCompromise,
+        "affiliation-changed" => R::AffiliationChanged,
+        "superseded" => R::Superseded,
+        "cessation-of-operation" => R::CessationOfOperation,
+        other => {
+            return Err(AgentError::new(
+                Exit::Usage,
+                format!(
+                    "unknown reason {other:?}: unspecified, key-compromise, affiliation-changed, superseded or cessation-of-operation"
+                ),
+            ));
+        }
+    })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

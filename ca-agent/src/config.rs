@@ -1,7 +1,8 @@
-//! The agent's configuration file (`agent.toml`): the CA, the pinned root, and the certificates
-//! to keep fresh. Unknown keys are refused and every value is checked at start-up, with errors
-//! naming the key.
+//! The agent's configuration file (`agent.toml`): the private CA and its pinned root, the ACME
+//! accounts, and the certificates to keep fresh. Unknown keys are refused and every value is
+//! checked at start-up, with errors naming the key.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,10 +13,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Base URL of the CA server, `https://...`.
-    pub server: String,
-    /// SHA-256 of the CA's root certificate (hex, any case, colons optional).
-    pub root_fingerprint: String,
+    /// Base URL of the private CA server, `https://...` (absent: every certificate is ACME's).
+    #[serde(default)]
+    pub server: Option<String>,
+    /// SHA-256 of the CA's root certificate (hex, any case, colons optional); goes with `server`.
+    #[serde(default)]
+    pub root_fingerprint: Option<String>,
     /// Where the agent keeps its state: the pinned root, status and pid file.
     pub state_dir: PathBuf,
     /// Enrollment token (prefer `--token-file` or `CA_AGENT_TOKEN`).
@@ -42,9 +45,103 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics on this address (loopback recommended).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// ACME accounts by name (`[acme.NAME]`).
+    #[serde(default)]
+    pub acme: BTreeMap<String, AcmeAccountConfig>,
     /// The certificates to manage.
     #[serde(rename = "cert", default)]
     pub certs: Vec<CertConfig>,
+}
+
+/// Where a certificate is obtained, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The private CA.
+    Private,
+    /// An ACME CA.
+    Acme,
+}
+
+/// Who issues a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerChoice {
+    /// The private CA (`server`).
+    Private,
+    /// An ACME CA (`acme_account`).
+    Acme,
+    /// Names under the private CA's DNS suffixes go to it, every other name to ACME.
+    #[default]
+    Auto,
+}
+
+/// How an ACME CA checks that we control a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ChallengeKind {
+    /// A file served over HTTP on port 80 (standalone responder or webroot).
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TXT record at `_acme-challenge.<name>`, set by `dns_hook`.
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+impl std::fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::Dns01 => "dns-01",
+        })
+    }
+}
+
+/// Let's Encrypt's production directory.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory.
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// One ACME account (`[acme.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeAccountConfig {
+    /// Directory URL, or the preset `letsencrypt` or `letsencrypt-staging`.
+    pub directory: String,
+    /// Extra trusted root (PEM file) for the directory's HTTPS: a private or test ACME server.
+    #[serde(default)]
+    pub directory_root: Option<PathBuf>,
+    /// Contact e-mail addresses (`mailto:` is added when missing).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Agree to the CA's terms of service (required by CAs that publish terms).
+    #[serde(default)]
+    pub agree_tos: bool,
+    /// External Account Binding key id, given by the CA.
+    #[serde(default)]
+    pub eab_kid: Option<String>,
+    /// File holding the External Account Binding HMAC key (base64url, as CAs hand it out).
+    #[serde(default)]
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// Roots (PEM file) that issued chains must verify to (default: the system's roots).
+    #[serde(default)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Or fetch those roots from this HTTPS URL on every order (a CA that serves its roots, such
+    /// as a test CA whose root changes).
+    #[serde(default)]
+    pub trust_bundle_url: Option<String>,
+    /// Bound on one whole attempt: order, challenges, finalize and download.
+    #[serde(default = "default_acme_timeout", with = "human")]
+    pub timeout: Duration,
+}
+
+impl AcmeAccountConfig {
+    /// The directory URL, presets resolved.
+    pub fn directory_url(&self) -> &str {
+        match self.directory.as_str() {
+            "letsencrypt" => LETSENCRYPT,
+            "letsencrypt-staging" => LETSENCRYPT_STAGING,
+            other => other,
+        }
+    }
 }
 
 /// One managed certificate.
@@ -53,9 +150,14 @@ pub struct AgentConfig {
 pub struct CertConfig {
     /// Name, unique within the file (used by `renew --now NAME` and in status and metrics).
     pub name: String,
-    /// Environment.
+    /// Who issues it: `private`, `acme` or `auto` (by the names; the default).
+    #[serde(default)]
+    pub issuer: IssuerChoice,
+    /// Environment (private certificates).
+    #[serde(default)]
     pub env: String,
-    /// Service.
+    /// Service (private certificates).
+    #[serde(default)]
     pub service: String,
     /// DNS names to ask for.
     #[serde(default)]
@@ -99,9 +201,48 @@ pub struct CertConfig {
     /// Server name sent when checking (default: the first DNS name).
     #[serde(default)]
     pub check_server_name: Option<String>,
-    /// Also keep the environment's CRL next to the certificate (crl.pem).
+    /// Also keep the environment's CRL next to the certificate (crl.pem; private only).
     #[serde(default)]
     pub crl: bool,
+    /// ACME account (a name under `[acme]`; default: the only one).
+    #[serde(default)]
+    pub acme_account: Option<String>,
+    /// ACME challenge: `http-01` or `dns-01` (default: dns-01 when a name is a wildcard or
+    /// `dns_hook` is set, else http-01).
+    #[serde(default)]
+    pub challenge: Option<ChallengeKind>,
+    /// http-01 standalone responder address, started only while an order is pending.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// http-01 through an existing web server: files go to `WEBROOT/.well-known/acme-challenge/`.
+    #[serde(default)]
+    pub webroot: Option<PathBuf>,
+    /// dns-01 hook (argv, no shell), run with `present` or `cleanup` appended and
+    /// ACME_DOMAIN, ACME_RECORD_NAME and ACME_RECORD_VALUE in its environment.
+    #[serde(default)]
+    pub dns_hook: Vec<String>,
+    /// Time limit of one dns_hook run.
+    #[serde(default = "default_dns_hook_timeout", with = "human")]
+    pub dns_hook_timeout: Duration,
+    /// Wait this long after `present` before asking the CA to validate (DNS propagation).
+    #[serde(default, with = "human_opt")]
+    pub dns_propagation: Option<Duration>,
+    /// ACME certificate profile, where the CA offers profiles (e.g. `shortlived`).
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl CertConfig {
+    /// The challenge used for this certificate's ACME orders.
+    pub fn challenge_kind(&self) -> ChallengeKind {
+        self.challenge.unwrap_or(
+            if !self.dns_hook.is_empty() || self.dns.iter().any(|d| d.starts_with("*.")) {
+                ChallengeKind::Dns01
+            } else {
+                ChallengeKind::Http01
+            },
+        )
+    }
 }
 
 fn default_fraction() -> f64 {
@@ -127,6 +268,30 @@ fn default_key_mode() -> u32 {
 }
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_acme_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_http_listen() -> String {
+    "[::]:80".into()
+}
+fn default_dns_hook_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// Optional human durations.
+pub mod human_opt {
+    use std::time::Duration;
+
+    /// Serde adapter.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        super::human::parse(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Durations written as `30s`, `15m`, `1h30m`, `7d`.
@@ -201,11 +366,49 @@ impl AgentConfig {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.server.starts_with("https://") {
-            return Err("server: must start with https://".into());
+        match (&self.server, &self.root_fingerprint) {
+            (Some(server), Some(fp)) => {
+                if !server.starts_with("https://") {
+                    return Err("server: must start with https://".into());
+                }
+                ca_wire::client::normalize_fingerprint(fp)
+                    .map_err(|e| format!("root_fingerprint: {e}"))?;
+            }
+            (Some(_), None) => {
+                return Err(
+                    "root_fingerprint: required with server (printed by `ca-server init`)".into(),
+                );
+            }
+            (None, Some(_)) => return Err("server: required with root_fingerprint".into()),
+            (None, None) => {}
         }
-        ca_wire::client::normalize_fingerprint(&self.root_fingerprint)
-            .map_err(|e| format!("root_fingerprint: {e}"))?;
+        for (name, a) in &self.acme {
+            let key = format!("acme.{name}");
+            let url = a.directory_url();
+            if !url.starts_with("https://") {
+                return Err(format!(
+                    "{key}.directory: an https:// URL, `letsencrypt` or `letsencrypt-staging`"
+                ));
+            }
+            if a.eab_kid.is_some() != a.eab_hmac_key_file.is_some() {
+                return Err(format!("{key}: eab_kid and eab_hmac_key_file go together"));
+            }
+            if a.trust_bundle.is_some() && a.trust_bundle_url.is_some() {
+                return Err(format!(
+                    "{key}: choose trust_bundle or trust_bundle_url, not both"
+                ));
+            }
+            if let Some(u) = &a.trust_bundle_url
+                && !u.starts_with("https://")
+            {
+                return Err(format!("{key}.trust_bundle_url: must start with https://"));
+            }
+            for c in &a.contact {
+                if c.is_empty() || c.contains(char::is_whitespace) || c.contains(',') {
+                    return Err(format!("{key}.contact: {c:?} is not an address"));
+                }
+            }
+        }
         if !(0.1..=0.9).contains(&self.renew_fraction) {
             return Err("renew_fraction: must be between 0.1 and 0.9".into());
         }
@@ -242,6 +445,7 @@ impl AgentConfig {
             if !matches!(c.key_type.as_str(), "p256" | "p384" | "ed25519") {
                 return Err(format!("{key}.key_type: p256, p384 or ed25519"));
             }
+            self.validate_issuer(c, &key)?;
             if let Some(f) = c.renew_fraction
                 && !(0.1..=0.9).contains(&f)
             {
@@ -263,6 +467,181 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Checks what can be checked of the issuer choice without asking the private CA.
+    fn validate_issuer(&self, c: &CertConfig, key: &str) -> Result<(), String> {
+        match (c.issuer, self.server.is_some()) {
+            (IssuerChoice::Private, false) => Err(format!(
+                "{key}.issuer: private needs `server` and `root_fingerprint`"
+            )),
+            (IssuerChoice::Private, true) => Self::validate_private(c, key),
+            (IssuerChoice::Acme, _) | (IssuerChoice::Auto, false) => self.validate_acme(c, key),
+            // Decided by the names once the private CA's DNS suffixes are known.
+            (IssuerChoice::Auto, true) => Ok(()),
+        }
+    }
+
+    fn validate_private(c: &CertConfig, key: &str) -> Result<(), String> {
+        if c.env.is_empty() || c.service.is_empty() {
+            return Err(format!(
+                "{key}: env and service are required for the private CA"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decides who issues `c`, given what the private CA says about its names (`info`, needed
+    /// only for `auto` with a private CA configured). A certificate whose names only the
+    /// private CA can certify mixed with public names is refused, naming both.
+    pub fn route(&self, c: &CertConfig, info: Option<&ca_wire::CaInfo>) -> Result<Route, String> {
+        let key = format!("cert {:?}", c.name);
+        let private_names = |info: &ca_wire::CaInfo| -> (Vec<String>, Vec<String>) {
+            let (p, q): (Vec<&String>, Vec<&String>) =
+                c.dns.iter().partition(|d| info.is_private_name(d));
+            let mut p: Vec<String> = p.into_iter().cloned().collect();
+            p.extend(c.ips.iter().map(|ip| ip.to_string()));
+            (p, q.into_iter().cloned().collect())
+        };
+        match (c.issuer, self.server.is_some()) {
+            (IssuerChoice::Acme, _) | (IssuerChoice::Auto, false) => {
+                self.validate_acme(c, &key)?;
+                Ok(Route::Acme)
+            }
+            (IssuerChoice::Private, _) => {
+                if let Some(info) = info {
+                    let (_, public) = private_names(info);
+                    if !public.is_empty() {
+                        return Err(format!(
+                            "{key}: issuer = \"private\" but {} outside the private CA's DNS suffixes",
+                            public.join(", ")
+                        ));
+                    }
+                }
+                Self::validate_private(c, &key)?;
+                Ok(Route::Private)
+            }
+            (IssuerChoice::Auto, true) => {
+                let info = info.ok_or_else(|| {
+                    format!("{key}: undecided until the private CA's DNS suffixes are known")
+                })?;
+                let (private, public) = private_names(info);
+                match (private.is_empty(), public.is_empty()) {
+                    (false, false) => Err(format!(
+                        "{key} mixes names only the private CA can certify ({}) with public names ({}); split it into two [[cert]]",
+                        private.join(", "),
+                        public.join(", ")
+                    )),
+                    (_, true) => {
+                        Self::validate_private(c, &key)?;
+                        Ok(Route::Private)
+                    }
+                    (true, false) => {
+                        self.validate_acme(c, &key)?;
+                        Ok(Route::Acme)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks an ACME certificate's names, account and challenge.
+    pub fn validate_acme(&self, c: &CertConfig, key: &str) -> Result<(), String> {
+        if c.dns.is_empty() {
+            return Err(format!("{key}.dns: an ACME certificate needs DNS names"));
+        }
+        if !c.ips.is_empty() {
+            return Err(format!(
+                "{key}.ips: IP addresses are not ordered from ACME; use the private CA"
+            ));
+        }
+        if c.key_type == "ed25519" {
+            return Err(format!(
+                "{key}.key_type: ACME CAs take p256 or p384 keys, not ed25519"
+            ));
+        }
+        if c.crl {
+            return Err(format!("{key}.crl: only for private certificates"));
+        }
+        if c.ttl.is_some() {
+            return Err(format!(
+                "{key}.ttl: the ACME CA decides the lifetime (see `profile`)"
+            ));
+        }
+        self.acme_account_of(c)
+            .map_err(|e| format!("{key}.acme_account: {e}"))?;
+        let challenge = c.challenge_kind();
+        if challenge == ChallengeKind::Http01 {
+            let wild: Vec<&str> = c
+                .dns
+                .iter()
+                .filter(|d| d.starts_with("*."))
+                .map(String::as_str)
+                .collect();
+            if !wild.is_empty() {
+                return Err(format!(
+                    "{key}.challenge: wildcard names ({}) can only be validated with dns-01",
+                    wild.join(", ")
+                ));
+            }
+            if !c.dns_hook.is_empty() {
+                return Err(format!(
+                    "{key}.dns_hook: only used with challenge = \"dns-01\""
+                ));
+            }
+            if c.webroot.is_none() {
+                c.http_listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                    format!(
+                        "{key}.http_listen: {:?} is not an address (e.g. \"[::]:80\")",
+                        c.http_listen
+                    )
+                })?;
+            }
+        } else {
+            if c.dns_hook.is_empty() {
+                return Err(format!(
+                    "{key}.dns_hook: dns-01 needs a hook command that sets the TXT record"
+                ));
+            }
+            if c.webroot.is_some() {
+                return Err(format!("{key}.webroot: only used with http-01"));
+            }
+        }
+        for d in &c.dns {
+            let bare = d.strip_prefix("*.").unwrap_or(d);
+            if bare.is_empty()
+                || bare.contains('*')
+                || !bare.contains('.')
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(format!("{key}.dns: {d:?} is not a public DNS name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ACME account `c` uses: its `acme_account`, or the only account configured.
+    pub fn acme_account_of(&self, c: &CertConfig) -> Result<(&str, &AcmeAccountConfig), String> {
+        match &c.acme_account {
+            Some(name) => self
+                .acme
+                .get_key_value(name)
+                .map(|(k, v)| (k.as_str(), v))
+                .ok_or_else(|| format!("no [acme.{name}] account is configured")),
+            None if self.acme.len() == 1 => self
+                .acme
+                .iter()
+                .next()
+                .map(|(k, v)| (k.as_str(), v))
+                .ok_or_else(|| "no [acme] account is configured".to_string()),
+            None if self.acme.is_empty() => Err("no [acme] account is configured".into()),
+            None => Err(format!(
+                "several ACME accounts are configured ({}); name one",
+                self.acme.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        }
     }
 
     /// The renewal fraction of `cert`.

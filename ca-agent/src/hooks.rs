@@ -12,39 +12,67 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::CertConfig;
 use crate::writer::Layout;
 
+/// Runs `argv` (no shell) with `env` added, stdin closed, killed after `timeout`; a non-zero
+/// exit becomes an error carrying the tail of its stderr.
+pub async fn run_argv(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| format!("{program:?} timed out after {timeout:?}"))?
+        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(format!(
+            "{program:?} exited with {}: {}",
+            out.status,
+            tail.trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the configured reload hook once.
 pub async fn reload(cert: &CertConfig, layout: &Layout, serial: &str) -> Result<(), String> {
-    if let Some((program, args)) = cert.reload_command.split_first() {
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .env("CERT_PATH", layout.path("cert.pem"))
-            .env("KEY_PATH", layout.path("key.pem"))
-            .env("CHAIN_PATH", layout.path("chain.pem"))
-            .env("BUNDLE_PATH", layout.path("bundle.pem"))
-            .env("SERIAL", serial)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(cert.reload_timeout, cmd.output())
-            .await
-            .map_err(|_| format!("reload command timed out after {:?}", cert.reload_timeout))?
-            .map_err(|e| format!("cannot run reload command {program:?}: {e}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: String = stderr
-                .chars()
-                .rev()
-                .take(300)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(format!(
-                "reload command exited with {}: {}",
-                out.status,
-                tail.trim()
-            ));
-        }
-        return Ok(());
+    if !cert.reload_command.is_empty() {
+        let path = |name: &str| layout.path(name).to_string_lossy().into_owned();
+        let (c, k, ch, b) = (
+            path("cert.pem"),
+            path("key.pem"),
+            path("chain.pem"),
+            path("bundle.pem"),
+        );
+        return run_argv(
+            &cert.reload_command,
+            &[
+                ("CERT_PATH", &c),
+                ("KEY_PATH", &k),
+                ("CHAIN_PATH", &ch),
+                ("BUNDLE_PATH", &b),
+                ("SERIAL", serial),
+            ],
+            cert.reload_timeout,
+        )
+        .await
+        .map_err(|e| format!("reload command: {e}"));
     }
     if let Some(pid_file) = &cert.reload_pid_file {
         return signal_pid_file(pid_file, rustix::process::Signal::HUP);

@@ -28,6 +28,30 @@ enum Command {
     Renew(RenewArgs),
     /// One-shot issuance for CI: enroll with a token and write key.pem, cert.pem, chain.pem, bundle.pem.
     Issue(IssueCmd),
+    /// Validate the configuration and print who issues each certificate (private CA or ACME).
+    CheckConfig(CheckArgs),
+    /// Revoke a managed certificate at its issuer (decommissioning a host).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Configuration file.
+    #[arg(long, env = "CA_AGENT_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// Configuration file.
+    #[arg(long, env = "CA_AGENT_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// RFC 5280 reason: superseded, key-compromise (both CAs), unspecified,
+    /// affiliation-changed, cessation-of-operation (ACME only).
+    #[arg(long, default_value = "superseded")]
+    reason: String,
+    /// The certificate's name.
+    name: String,
 }
 
 #[derive(Debug, Args)]
@@ -130,13 +154,14 @@ fn status(a: &StatusArgs) -> Result<ExitCode, AgentError> {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
     } else {
         println!(
-            "{:<12} {:<10} {:<34} {:<21} {:<21} ERROR",
-            "NAME", "HEALTH", "SERIAL", "NOT AFTER", "NEXT"
+            "{:<12} {:<14} {:<10} {:<40} {:<21} {:<21} ERROR",
+            "NAME", "ISSUER", "HEALTH", "SERIAL", "NOT AFTER", "NEXT"
         );
         for c in st.certs.values() {
             println!(
-                "{:<12} {:<10} {:<34} {:<21} {:<21} {}",
+                "{:<12} {:<14} {:<10} {:<40} {:<21} {:<21} {}",
                 c.name,
+                if c.issuer.is_empty() { "-" } else { &c.issuer },
                 format!("{:?}", c.health).to_lowercase(),
                 c.serial.as_deref().unwrap_or("-"),
                 fmt_time(c.not_after),
@@ -154,6 +179,92 @@ fn status(a: &StatusArgs) -> Result<ExitCode, AgentError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Prints each certificate's issuer decision; exit 2 when one cannot be routed.
+async fn check_config(a: &CheckArgs) -> Result<ExitCode, AgentError> {
+    use ca_agent::config::Route;
+    let cfg = load(&a.config)?;
+    let mut info = None;
+    if let (Some(server), Some(fp)) = (&cfg.server, &cfg.root_fingerprint) {
+        let ask = async {
+            let root = agent::pinned_root(server, fp, Some(&cfg.state_dir)).await?;
+            let anon = ca_wire::client::ApiClient::new(server, root.as_bytes(), None)?;
+            agent::ca_info(&anon, &cfg.state_dir).await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(20), ask).await {
+            Ok(Ok(i)) => info = Some(i),
+            Ok(Err(e)) => eprintln!("warning: cannot learn the private CA's DNS suffixes: {e}"),
+            Err(_) => eprintln!("warning: the private CA did not answer within 20s"),
+        }
+    }
+    let mut refused = false;
+    for c in &cfg.certs {
+        match cfg.route(c, info.as_ref()) {
+            Ok(Route::Private) => println!(
+                "{}: private CA ({}/{}) for {}",
+                c.name,
+                c.env,
+                c.service,
+                names(c)
+            ),
+            Ok(Route::Acme) => {
+                let (name, acct) = cfg
+                    .acme_account_of(c)
+                    .map_err(|e| AgentError::new(Exit::Usage, e))?;
+                let how = match (c.challenge_kind(), &c.webroot) {
+                    (ca_agent::config::ChallengeKind::Dns01, _) => {
+                        "dns-01 through dns_hook".to_string()
+                    }
+                    (_, Some(root)) => format!("http-01 through webroot {}", root.display()),
+                    _ => format!("http-01 on {}", c.http_listen),
+                };
+                println!(
+                    "{}: ACME account {name} ({}), {how}, for {}",
+                    c.name,
+                    acct.directory_url(),
+                    names(c)
+                );
+            }
+            Err(e) => {
+                refused = true;
+                println!("{}: REFUSED: {e}", c.name);
+            }
+        }
+    }
+    Ok(if refused {
+        ExitCode::from(Exit::Usage as u8)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn names(c: &ca_agent::config::CertConfig) -> String {
+    let mut n: Vec<String> = c.dns.clone();
+    n.extend(c.ips.iter().map(|ip| ip.to_string()));
+    if n.is_empty() {
+        "its SPIFFE ID only".into()
+    } else {
+        n.join(", ")
+    }
+}
+
+async fn revoke(a: &RevokeArgs) -> Result<ExitCode, AgentError> {
+    let cfg = load(&a.config)?;
+    let agent = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        agent::Agent::start(cfg, None),
+    )
+    .await
+    .map_err(|_| AgentError::new(Exit::Transient, "the private CA did not answer within 30s"))??;
+    let serial = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        agent.revoke(&a.name, &a.reason),
+    )
+    .await
+    .map_err(|_| AgentError::new(Exit::Transient, "revocation did not complete within 120s"))??;
+    println!("revoked {} (serial {serial}, reason {})", a.name, a.reason);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn renew(a: &RenewArgs) -> Result<ExitCode, AgentError> {
@@ -213,6 +324,8 @@ fn main() -> ExitCode {
             agent::run(cfg, a.token_file).await.map(|()| ExitCode::SUCCESS)
         }),
         Command::Status(a) => status(&a),
+        Command::CheckConfig(a) => runtime.block_on(check_config(&a)),
+        Command::Revoke(a) => runtime.block_on(revoke(&a)),
         Command::Renew(a) => renew(&a),
         Command::Issue(a) => runtime.block_on(async {
             let args = ca_agent::issue::IssueArgs {
@@ -234,7 +347,7 @@ fn main() -> ExitCode {
                     serde_json::json!({ "serial": info.serial, "spiffe_id": info.spiffe_id, "not_after": fmt_time(Some(info.not_after)), "out": a.out })
                 );
             } else {
-                println!("serial:    {}\nidentity:  {}\nnot after: {}\nwritten:   {}", info.serial, info.spiffe_id, fmt_time(Some(info.not_after)), a.out.display());
+                println!("serial:    {}\nidentity:  {}\nnot after: {}\nwritten:   {}", info.serial, info.spiffe_id.as_deref().unwrap_or("-"), fmt_time(Some(info.not_after)), a.out.display());
             }
             Ok(ExitCode::SUCCESS)
         }),

@@ -26,10 +26,16 @@ pub enum Health {
 pub struct CertStatus {
     /// Configured name.
     pub name: String,
-    /// Environment.
+    /// Environment (private certificates).
     pub env: String,
-    /// Service.
+    /// Service (private certificates).
     pub service: String,
+    /// Who issues it: `private` or `acme:<account>`.
+    #[serde(default)]
+    pub issuer: String,
+    /// Issuer name of the current certificate.
+    #[serde(default)]
+    pub issued_by: Option<String>,
     /// SPIFFE ID of the current certificate.
     pub spiffe_id: Option<String>,
     /// Serial of the current certificate.
@@ -59,6 +65,8 @@ impl CertStatus {
             name: name.into(),
             env: env.into(),
             service: service.into(),
+            issuer: String::new(),
+            issued_by: None,
             spiffe_id: None,
             serial: None,
             not_after: None,
@@ -148,8 +156,8 @@ pub fn render_metrics(status: &StatusFile) -> String {
             for c in status.certs.values() {
                 if let Some(v) = value(c) {
                     out.push_str(&format!(
-                        "{name}{{name=\"{}\",env=\"{}\",service=\"{}\"}} {v}\n",
-                        c.name, c.env, c.service
+                        "{name}{{name=\"{}\",env=\"{}\",service=\"{}\",issuer=\"{}\"}} {v}\n",
+                        c.name, c.env, c.service, c.issuer
                     ));
                 }
             }
@@ -197,6 +205,7 @@ mod tests {
         let path = tmp.path().join("status.json");
         let board = Board::new(path.clone(), vec![CertStatus::new("api", "dev", "api")]);
         board.update("api", |c| {
+            c.issuer = "private".into();
             c.health = Health::Ok;
             c.not_after = Some(1_700_000_000);
             c.renewals = 3;
@@ -206,13 +215,15 @@ mod tests {
         assert_eq!(read.certs["api"].renewals, 3);
         let text = render_metrics(&read);
         assert!(
-            text.contains("ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\"} 3"),
+            text.contains("ca_agent_renewals_total{name=\"api\",env=\"dev\",service=\"api\",issuer=\"private\"} 3"),
             "{text}"
         );
         assert!(
-            text.contains("ca_agent_healthy{name=\"api\",env=\"dev\",service=\"api\"} 1"),
+            text.contains(
+                "ca_agent_healthy{name=\"api\",env=\"dev\",service=\"api\",issuer=\"private\"} 1"
+            ),
             "{text}"
         );
-        assert!(text.contains("ca_agent_certificate_expiry_timestamp_seconds{name=\"api\",env=\"dev\",service=\"api\"} 1700000000"));
+        assert!(text.contains("ca_agent_certificate_expiry_timestamp_seconds{name=\"api\",env=\"dev\",service=\"api\",issuer=\"private\"} 1700000000"));
     }
 }

@@ -32,8 +32,10 @@ pub struct CertInfo {
     pub not_before: i64,
     /// Unix seconds.
     pub not_after: i64,
-    /// The SPIFFE ID.
-    pub spiffe_id: String,
+    /// The SPIFFE ID (private certificates only).
+    pub spiffe_id: Option<String>,
+    /// The issuer's common name (or whole DN when it has none).
+    pub issuer: String,
 }
 
 /// Why credentials were refused.
@@ -62,14 +64,20 @@ pub fn serial_hex(raw: &[u8]) -> String {
     raw[first..].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Validates `key_pem` + `chain_pem` (leaf first) against `roots` and `expect` at `now`.
-pub fn validate(
-    key_pem: &str,
-    chain_pem: &str,
-    roots: &[CertificateDer<'static>],
-    expect: &Expect<'_>,
-    now: i64,
-) -> Result<CertInfo, ValidateError> {
+/// A parsed chain with its leaf's names, after the checks every certificate gets: the key is
+/// the leaf's and the leaf has not expired.
+struct Checked {
+    chain: Vec<CertificateDer<'static>>,
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    issuer: String,
+    uris: Vec<String>,
+    dns: Vec<String>,
+    ips: Vec<Vec<u8>>,
+}
+
+fn check_common(key_pem: &str, chain_pem: &str, now: i64) -> Result<Checked, ValidateError> {
     let chain = ca_wire::client::certs_from_pem(chain_pem.as_bytes())
         .map_err(|e| ValidateError::Parse(e.to_string()))?;
     let leaf = chain
@@ -103,10 +111,59 @@ pub fn validate(
             }
         }
     }
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| cert.issuer().to_string());
+    Ok(Checked {
+        serial: serial_hex(cert.raw_serial()),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after,
+        issuer,
+        uris,
+        dns,
+        ips,
+        chain,
+    })
+}
+
+fn check_dns(got: &[String], asked: &[String]) -> Result<(), ValidateError> {
+    let mut want: Vec<String> = asked.iter().map(|d| d.to_ascii_lowercase()).collect();
+    want.sort();
+    want.dedup();
+    let mut got = got.to_vec();
+    got.sort();
+    got.dedup();
+    if got != want {
+        return Err(ValidateError::Identity(format!(
+            "DNS names {got:?}, asked for {want:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn unix_time(now: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now).unwrap_or(0),
+    ))
+}
+
+/// Validates `key_pem` + `chain_pem` (leaf first) against `roots` and `expect` at `now`.
+pub fn validate(
+    key_pem: &str,
+    chain_pem: &str,
+    roots: &[CertificateDer<'static>],
+    expect: &Expect<'_>,
+    now: i64,
+) -> Result<CertInfo, ValidateError> {
+    let c = check_common(key_pem, chain_pem, now)?;
     let suffix = format!("/{}/{}", expect.env, expect.service);
-    let spiffe_id = match uris.as_slice() {
+    let spiffe_id = match c.uris.as_slice() {
         [one] if one.starts_with("spiffe://") && one.ends_with(&suffix) => one.clone(),
-        _ => {
+        uris => {
             return Err(ValidateError::Identity(format!(
                 "SPIFFE ID {uris:?} is not .../{}/{}",
                 expect.env, expect.service
@@ -114,23 +171,14 @@ pub fn validate(
         }
     };
     if !expect.dns.is_empty() {
-        let mut want: Vec<String> = expect.dns.iter().map(|d| d.to_ascii_lowercase()).collect();
-        want.sort();
-        want.dedup();
-        let mut got = dns.clone();
-        got.sort();
-        if got != want {
-            return Err(ValidateError::Identity(format!(
-                "DNS names {got:?}, asked for {want:?}"
-            )));
-        }
+        check_dns(&c.dns, expect.dns)?;
     }
     for ip in expect.ips {
         let bytes = match ip {
             IpAddr::V4(a) => a.octets().to_vec(),
             IpAddr::V6(a) => a.octets().to_vec(),
         };
-        if !ips.contains(&bytes) {
+        if !c.ips.contains(&bytes) {
             return Err(ValidateError::Identity(format!("IP SAN {ip} missing")));
         }
     }
@@ -147,18 +195,58 @@ pub fn validate(
     )
     .build()
     .map_err(|e| ValidateError::Chain(e.to_string()))?;
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-        u64::try_from(now).unwrap_or(0),
-    ));
     verifier
-        .verify_client_cert(leaf, &chain[1..], at)
+        .verify_client_cert(&c.chain[0], &c.chain[1..], unix_time(now))
         .map_err(|e| ValidateError::Chain(e.to_string()))?;
 
     Ok(CertInfo {
-        serial: serial_hex(cert.raw_serial()),
-        not_before: cert.validity().not_before.timestamp(),
-        not_after,
-        spiffe_id,
+        serial: c.serial,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        spiffe_id: Some(spiffe_id),
+        issuer: c.issuer,
+    })
+}
+
+/// Validates a certificate from a public (ACME) CA: the key is the leaf's, the DNS names are
+/// exactly `dns`, the chain verifies for TLS server use to one of `roots`, and it has not
+/// expired. The intermediates come from `chain_pem` (leaf first).
+pub fn validate_public(
+    key_pem: &str,
+    chain_pem: &str,
+    roots: &[CertificateDer<'static>],
+    dns: &[String],
+    now: i64,
+) -> Result<CertInfo, ValidateError> {
+    let c = check_common(key_pem, chain_pem, now)?;
+    check_dns(&c.dns, dns)?;
+    let anchors: Vec<rustls_pki_types::TrustAnchor<'_>> = roots
+        .iter()
+        .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
+        .collect();
+    if anchors.is_empty() {
+        return Err(ValidateError::Chain("no usable trust anchor".into()));
+    }
+    let leaf = webpki::EndEntityCert::try_from(&c.chain[0])
+        .map_err(|e| ValidateError::Parse(format!("{e:?}")))?;
+    leaf.verify_for_usage(
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all,
+        &anchors,
+        &c.chain[1..],
+        unix_time(now),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| ValidateError::Chain(format!("{e:?}")))?;
+    Ok(CertInfo {
+        serial: c.serial,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        spiffe_id: None,
+        issuer: c.issuer,
     })
 }
 
@@ -236,7 +324,10 @@ mod tests {
             &["api.dev.svc.example.internal"],
         );
         let info = validate(&key, &chain, &roots, &expect, now).expect("valid");
-        assert_eq!(info.spiffe_id, "spiffe://example.internal/dev/api");
+        assert_eq!(
+            info.spiffe_id.as_deref(),
+            Some("spiffe://example.internal/dev/api")
+        );
 
         let (other_key, _) = leaf(&pki, "spiffe://example.internal/dev/api", &[]);
         assert_eq!(

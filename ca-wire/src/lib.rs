@@ -5,6 +5,7 @@
 
 pub mod client;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,37 @@ pub struct RevokeResponse {
     pub dry_run: bool,
 }
 
+/// `GET /v1/info`: what an agent needs to route names between this CA and a public one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CaInfo {
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Environments by name.
+    pub environments: BTreeMap<String, EnvironmentInfo>,
+}
+
+/// One environment of [`CaInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentInfo {
+    /// DNS suffixes the environment's intermediate may issue under.
+    pub dns_suffixes: Vec<String>,
+}
+
+impl CaInfo {
+    /// Whether `name` (a DNS name, `*.` wildcards included) lies under one of the private DNS
+    /// suffixes of any environment: only this CA can certify it.
+    pub fn is_private_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = name.strip_prefix("*.").unwrap_or(&name);
+        self.environments.values().any(|e| {
+            e.dns_suffixes.iter().any(|s| {
+                let s = s.trim_start_matches('.').to_ascii_lowercase();
+                name == s || name.ends_with(&format!(".{s}"))
+            })
+        })
+    }
+}
+
 /// An RFC 7807 problem document, as every error of the API is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Problem {
@@ -148,5 +180,30 @@ impl Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}): {}", self.status, self.slug(), self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_names_are_those_under_an_environment_suffix() {
+        let info = CaInfo {
+            trust_domain: "example.internal".into(),
+            environments: BTreeMap::from([(
+                "dev".to_string(),
+                EnvironmentInfo {
+                    dns_suffixes: vec!["dev.svc.example.internal".into()],
+                },
+            )]),
+        };
+        assert!(info.is_private_name("api.dev.svc.example.internal"));
+        assert!(info.is_private_name("API.Dev.svc.example.internal."));
+        assert!(info.is_private_name("*.dev.svc.example.internal"));
+        assert!(info.is_private_name("dev.svc.example.internal"));
+        assert!(!info.is_private_name("xdev.svc.example.internal"));
+        assert!(!info.is_private_name("www.example.com"));
+        assert!(!info.is_private_name("api.prod.svc.example.internal"));
     }
 }

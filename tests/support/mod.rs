@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -484,4 +486,101 @@ pub fn curl_download(args: &[&str], path: &Path) -> u16 {
         .args(args);
     let run = run_bounded(c, Duration::from_secs(30));
     run.stdout.trim().parse().unwrap_or(0)
+}
+
+/// A running `ca-agent run`, killed and reaped on drop.
+pub struct Agent {
+    child: Option<std::process::Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn start(cfg: &Path) -> Agent {
+        let dir = cfg.parent().expect("dir");
+        let n = std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0);
+        let stdout = dir.join(format!("agent-{n}.out"));
+        let stderr = dir.join(format!("agent-{n}.err"));
+        let child = Command::new(agent_bin())
+            .args(["run", "--config", s(cfg)])
+            .env_remove("CA_AGENT_TOKEN")
+            .env("CA_AGENT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("out"))
+            .stderr(std::fs::File::create(&stderr).expect("err"))
+            .spawn()
+            .expect("start ca-agent");
+        Agent {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("agent ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the agent to exit by itself (bounded) and returns its code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > limit {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `ca-agent status --json --config CFG`: exit code and the parsed status.
+pub fn status(cfg: &Path) -> (Option<i32>, serde_json::Value) {
+    let mut c = Command::new(agent_bin());
+    c.args(["status", "--json", "--config", s(cfg)]);
+    let run = run_bounded(c, Duration::from_secs(10));
+    let v = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
+    (run.code, v)
 }

@@ -379,6 +379,27 @@ async fn bundle(
     Ok(pem_response(st.ca.bundle(&q.env).await?))
 }
 
+/// The trust domain and each environment's DNS suffixes, so agents know which names only this
+/// CA can certify (and send every other name to a public ACME CA).
+async fn info(State(st): State<AppState>) -> Json<ca_wire::CaInfo> {
+    let policy = st.ca.policy();
+    Json(ca_wire::CaInfo {
+        trust_domain: policy.trust_domain.clone(),
+        environments: policy
+            .environments
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    ca_wire::EnvironmentInfo {
+                        dns_suffixes: e.dns_suffixes.clone(),
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -543,6 +564,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/renew", post(renew))
         .route("/v1/roots", get(roots))
         .route("/v1/bundle", get(bundle))
+        .route("/v1/info", get(info))
         .route("/v1/admin/certs", get(admin_certs))
         .route("/v1/admin/revoke", post(admin_revoke))
         .route("/v1/revoke", post(self_revoke))
