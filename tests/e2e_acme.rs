@@ -265,3 +265,544 @@ fn http01_standalone_obtains_renews_with_fresh_keys_and_revokes() {
         .expect_code(2)
         .expect_stderr("unknown reason");
 }
+
+/// A static file server for a webroot on a port it bound itself, answering GETs until dropped.
+struct StaticServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StaticServer {
+    fn start(root: PathBuf) -> StaticServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let served = std::sync::Arc::new(AtomicUsize::new(0));
+        let (stop2, served2) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = tcp.set_nonblocking(false);
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let file = root.join(path.trim_start_matches('/'));
+                let reply = if !path.contains("..") && file.is_file() {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                    let body = std::fs::read(&file).unwrap_or_default();
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec()
+                };
+                let _ = tcp.write_all(&reply);
+            }
+        });
+        StaticServer { port, stop, served }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn http01_through_a_webroot_served_by_another_server() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let webroot = tmp.path().join("www");
+    std::fs::create_dir_all(&webroot).expect("webroot");
+    let server = StaticServer::start(webroot.clone());
+    let case = Case::new(PebbleOptions {
+        http_port: server.port,
+        validity_secs: 3600,
+        eab: None,
+    });
+    let out = case.path("site");
+    let cfg = case.config(
+        "agent",
+        &case.account(""),
+        &cert_block(
+            "site",
+            &["site.example.net"],
+            &out,
+            &format!("webroot = \"{}\"", s(&webroot)),
+        ),
+    );
+    let mut agent = Agent::start(&cfg);
+    wait_status(
+        &cfg,
+        "site",
+        Duration::from_secs(30),
+        "a certificate",
+        &agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    );
+    agent.terminate();
+    let root = case.path("pebble-root.pem");
+    case.pebble.save_root(&root);
+    verify_against(&root, &out);
+    assert!(
+        server.served.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "pebble never fetched the challenge from the web server"
+    );
+    assert_eq!(
+        support::list_dir(&webroot.join(".well-known/acme-challenge")),
+        Vec::<String>::new(),
+        "challenge files are removed afterwards"
+    );
+}
+
+/// A dns-01 hook that drives pebble-challtestsrv's management API with curl and logs each call.
+fn dns_hook(dir: &Path, management: &str) -> PathBuf {
+    let hook = dir.join("dns-hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+set -eu
+echo "$1 $ACME_DOMAIN $ACME_RECORD_NAME" >> "{log}"
+case "$1" in
+  present) curl -sf --max-time 5 -d "{{\"host\":\"$ACME_RECORD_NAME\",\"value\":\"$ACME_RECORD_VALUE\"}}" {m}/set-txt ;;
+  cleanup) curl -sf --max-time 5 -d "{{\"host\":\"$ACME_RECORD_NAME\"}}" {m}/clear-txt ;;
+  *) exit 2 ;;
+esac
+"#,
+            log = s(&dir.join("dns-hook.log")),
+            m = management
+        ),
+    )
+    .expect("hook");
+    hook
+}
+
+#[test]
+fn dns01_through_a_hook_with_a_wildcard() {
+    let case = Case::new(PebbleOptions {
+        http_port: free_port(),
+        validity_secs: 3600,
+        eab: None,
+    });
+    let hook = dns_hook(case.tmp.path(), &case.pebble.dns_management());
+    let out = case.path("wild");
+    let cfg = case.config(
+        "agent",
+        &case.account(""),
+        &cert_block(
+            "wild",
+            &["*.example.org", "example.org"],
+            &out,
+            &format!("dns_hook = [\"sh\", \"{}\"]", s(&hook)),
+        ),
+    );
+    let check = agent_cmd(&["check-config", "--config", s(&cfg)]);
+    check.expect_code(0);
+    assert!(
+        check.stdout.contains("dns-01 through dns_hook"),
+        "{}",
+        check.stdout
+    );
+    let mut agent = Agent::start(&cfg);
+    wait_status(
+        &cfg,
+        "wild",
+        Duration::from_secs(30),
+        "a certificate",
+        &agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    );
+    agent.terminate();
+    let root = case.path("pebble-root.pem");
+    case.pebble.save_root(&root);
+    verify_against(&root, &out);
+    let text = openssl([
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        s(&out.join("cert.pem")),
+    ]);
+    assert!(
+        text.stdout.contains("DNS:*.example.org") && text.stdout.contains("DNS:example.org"),
+        "{}",
+        text.stdout
+    );
+    let log = std::fs::read_to_string(case.tmp.path().join("dns-hook.log")).expect("hook log");
+    let present = log
+        .lines()
+        .filter(|l| l.starts_with("present example.org _acme-challenge.example.org."))
+        .count();
+    let cleanup = log
+        .lines()
+        .filter(|l| l.starts_with("cleanup example.org _acme-challenge.example.org."))
+        .count();
+    assert_eq!(
+        (present, cleanup),
+        (2, 2),
+        "one record per authorization, each removed:\n{log}"
+    );
+
+    // A wildcard cannot be validated over http-01: refused when the configuration loads.
+    let bad = case.config(
+        "bad",
+        &case.account(""),
+        &cert_block(
+            "wild",
+            &["*.example.org"],
+            &case.path("bad-out"),
+            "challenge = \"http-01\"",
+        ),
+    );
+    agent_cmd(&["run", "--config", s(&bad)])
+        .expect_code(2)
+        .expect_stderr("wildcard names (*.example.org) can only be validated with dns-01");
+    assert!(!case.path("bad-out").exists());
+}
+
+#[test]
+fn a_restarted_acme_server_that_forgot_the_account_gets_a_new_registration() {
+    let http_port = free_port();
+    let mut case = Case::new(PebbleOptions {
+        http_port,
+        validity_secs: 3600,
+        eab: None,
+    });
+    let out = case.path("www");
+    let cfg = case.config(
+        "agent",
+        &case.account(""),
+        &cert_block(
+            "www",
+            &["www.example.com"],
+            &out,
+            &format!("http_listen = \"127.0.0.1:{http_port}\""),
+        ),
+    );
+    let mut agent = Agent::start(&cfg);
+    let first = wait_status(
+        &cfg,
+        "www",
+        Duration::from_secs(30),
+        "a certificate",
+        &agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    );
+    let account_file = cfg.parent().expect("dir").join("state/acme/pebble.json");
+    let before = std::fs::read_to_string(&account_file).expect("account");
+
+    case.pebble.restart();
+    agent_cmd(&["renew", "--now", "--config", s(&cfg)]).expect_code(0);
+    let second = wait_status(
+        &cfg,
+        "www",
+        Duration::from_secs(40),
+        "a renewal from the new pebble",
+        &agent,
+        |st| st["renewals"].as_u64().unwrap_or(0) >= 2,
+    );
+    assert_ne!(first["serial"], second["serial"]);
+    assert_eq!(second["health"], "ok");
+    agent.terminate();
+    assert!(
+        agent
+            .log()
+            .contains("does not know the account; registering again"),
+        "{}",
+        agent.log()
+    );
+    let after = std::fs::read_to_string(&account_file).expect("account");
+    assert_ne!(before, after, "a new account was stored");
+    let root = case.path("pebble-root.pem");
+    case.pebble.save_root(&root);
+    verify_against(&root, &out);
+}
+
+#[test]
+fn external_account_binding_required_by_the_ca() {
+    use base64::Engine;
+    let http_port = free_port();
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        (0..48u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect::<Vec<u8>>(),
+    );
+    let case = Case::new(PebbleOptions {
+        http_port,
+        validity_secs: 3600,
+        eab: Some(("kid-7".into(), key.clone())),
+    });
+    let out = case.path("www");
+    let cert = cert_block(
+        "www",
+        &["www.example.com"],
+        &out,
+        &format!("http_listen = \"127.0.0.1:{http_port}\""),
+    );
+
+    // Without the binding: the CA's problem is reported and nothing is written.
+    let cfg = case.config("agent", &case.account(""), &cert);
+    let mut agent = Agent::start(&cfg);
+    let st = wait_status(
+        &cfg,
+        "www",
+        Duration::from_secs(30),
+        "the EAB refusal",
+        &agent,
+        |st| {
+            st["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("externalAccountRequired"))
+        },
+    );
+    assert_ne!(st["health"], "ok", "{st}");
+    agent.terminate();
+    assert!(!out.join("current").exists());
+
+    // With it: registered and issued.
+    let key_file = case.path("eab.key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("key");
+    let cfg = case.config(
+        "agent",
+        &case.account(&format!(
+            "eab_kid = \"kid-7\"\neab_hmac_key_file = \"{}\"",
+            s(&key_file)
+        )),
+        &cert,
+    );
+    let mut agent = Agent::start(&cfg);
+    wait_status(
+        &cfg,
+        "www",
+        Duration::from_secs(30),
+        "a certificate",
+        &agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    );
+    agent.terminate();
+    let account =
+        std::fs::read_to_string(cfg.parent().expect("dir").join("state/acme/pebble.json"))
+            .expect("account");
+    assert!(!account.contains(&key), "the HMAC key is not stored");
+    assert!(!agent.log().contains(&key), "the HMAC key is not logged");
+}
+
+#[test]
+fn a_failing_challenge_leaves_the_files_in_place_and_backs_off() {
+    let http_port = free_port();
+    let case = Case::new(PebbleOptions {
+        http_port,
+        // Renewal falls due at about 26 s; the certificate stays valid until 40 s.
+        validity_secs: 40,
+        eab: None,
+    });
+    let out = case.path("www");
+    let good = case.config(
+        "agent",
+        &case.account(""),
+        &cert_block(
+            "www",
+            &["www.example.com"],
+            &out,
+            &format!("http_listen = \"127.0.0.1:{http_port}\""),
+        ),
+    );
+    let mut agent = Agent::start(&good);
+    let first = wait_status(
+        &good,
+        "www",
+        Duration::from_secs(30),
+        "a certificate",
+        &agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    );
+    agent.terminate();
+    let files = |dir: &Path| -> Vec<Vec<u8>> {
+        ["key.pem", "cert.pem", "chain.pem", "combined.pem"]
+            .iter()
+            .map(|f| std::fs::read(dir.join(f)).expect("file"))
+            .collect()
+    };
+    let before = files(&out);
+
+    // The responder now listens where pebble does not look.
+    let wrong = case.config(
+        "agent",
+        &case.account(""),
+        &cert_block(
+            "www",
+            &["www.example.com"],
+            &out,
+            &format!("http_listen = \"127.0.0.1:{}\"", free_port()),
+        ),
+    );
+    let mut agent = Agent::start(&wrong);
+    wait_status(
+        &wrong,
+        "www",
+        Duration::from_secs(20),
+        "the current certificate",
+        &agent,
+        |st| st["serial"] == first["serial"],
+    );
+    let st = wait_status(
+        &wrong,
+        "www",
+        Duration::from_secs(40),
+        "two failed attempts",
+        &agent,
+        |st| st["failures"].as_u64().unwrap_or(0) >= 2,
+    );
+    agent.terminate();
+    let error = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("www.example.com") && error.contains("connection"),
+        "the ACME problem is shown: {st}"
+    );
+    assert_eq!(
+        st["health"], "ok",
+        "the certificate in place is still valid: {st}"
+    );
+    assert_eq!(st["serial"], first["serial"]);
+    assert!(st["next_attempt"].as_i64().unwrap_or(0) > 0);
+    assert_eq!(files(&out), before, "the files in place are untouched");
+    let text = agent_cmd(&["status", "--config", s(&wrong)]);
+    assert!(
+        text.stdout.contains("acme:pebble") && text.stdout.contains("www.example.com"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// A private CA whose leaves are backdated by a second, and its root fingerprint.
+fn private_ca(tmp: &Path) -> (TestCa, support::Server, String) {
+    let _ = tmp;
+    let ca = TestCa::new();
+    let run = ca.server(&[
+        "init",
+        "--policy",
+        s(&support::example_policy()),
+        "--insecure-no-passphrase",
+        "--json",
+    ]);
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    let fp = v["root_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let cfg = ca.path("server.toml");
+    std::fs::write(&cfg, "backdate = \"1s\"\n").expect("write");
+    let server = ca.serve(&["--config", s(&cfg)]);
+    (ca, server, fp)
+}
+
+#[test]
+fn auto_keeps_a_private_and_a_public_certificate_fresh_side_by_side() {
+    let http_port = free_port();
+    let case = Case::new(PebbleOptions {
+        http_port,
+        validity_secs: 20,
+        eab: None,
+    });
+    let (ca, server, fp) = private_ca(case.tmp.path());
+    let token = ca.server(&["token", "create", "--env", "dev", "--service", "api"]);
+    token.expect_code(0);
+    let token_file = case.path("token");
+    std::fs::write(&token_file, token.stdout.trim()).expect("token");
+    let top = format!(
+        "server = \"{}\"\nroot_fingerprint = \"{fp}\"\ntoken_file = \"{}\"\n{}",
+        server.url,
+        s(&token_file),
+        case.account("")
+    );
+    let (private_out, public_out) = (case.path("api"), case.path("www"));
+    let certs = format!(
+        "{}{}",
+        cert_block(
+            "api",
+            &["api.dev.svc.example.internal"],
+            &private_out,
+            "env = \"dev\"\nservice = \"api\"\nttl = \"20s\""
+        ),
+        cert_block(
+            "www",
+            &["www.example.com"],
+            &public_out,
+            &format!("http_listen = \"127.0.0.1:{http_port}\"")
+        )
+    );
+    let cfg = case.config("agent", &top, &certs);
+    let check = agent_cmd(&["check-config", "--config", s(&cfg)]);
+    check.expect_code(0);
+    assert!(
+        check
+            .stdout
+            .contains("api: private CA (dev/api) for api.dev.svc.example.internal")
+            && check.stdout.contains("www: ACME account pebble"),
+        "{}",
+        check.stdout
+    );
+
+    let mut agent = Agent::start(&cfg);
+    for name in ["api", "www"] {
+        wait_status(
+            &cfg,
+            name,
+            Duration::from_secs(60),
+            "two renewals",
+            &agent,
+            |st| st["renewals"].as_u64().unwrap_or(0) >= 2 && st["health"] == "ok",
+        );
+    }
+    let st = status(&cfg).1;
+    agent.terminate();
+    assert_eq!(st["certs"]["api"]["issuer"], "private");
+    assert_eq!(st["certs"]["www"]["issuer"], "acme:pebble");
+    assert!(
+        st["certs"]["api"]["spiffe_id"]
+            .as_str()
+            .is_some_and(|i| i.ends_with("/dev/api"))
+    );
+    support::openssl_verify_dir(&private_out).expect_code(0);
+    let root = case.path("pebble-root.pem");
+    case.pebble.save_root(&root);
+    verify_against(&root, &public_out);
+
+    // One certificate mixing a private and a public name is refused, naming both.
+    let mixed = case.config(
+        "mixed",
+        &top,
+        &cert_block(
+            "both",
+            &["api.dev.svc.example.internal", "www.example.com"],
+            &case.path("mixed-out"),
+            "env = \"dev\"\nservice = \"api\"",
+        ),
+    );
+    let run = agent_cmd(&["run", "--config", s(&mixed)]);
+    run.expect_code(2).expect_stderr(
+        "mixes names only the private CA can certify (api.dev.svc.example.internal) with public names (www.example.com)",
+    );
+    let check = agent_cmd(&["check-config", "--config", s(&mixed)]);
+    check.expect_code(2);
+    assert!(check.stdout.contains("both: REFUSED"), "{}", check.stdout);
+    assert!(!case.path("mixed-out").exists());
+}
