@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs the system tools the tests drive (openssl, curl, nginx), then runs every test
-# of the workspace. Exits non-zero on any failure.
+# The one test command: installs the system tools the tests drive (openssl, curl, nginx, and pebble with
+# pebble-challtestsrv as the ACME peer), then runs every test of the workspace. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,7 @@ need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+{ command -v pebble && command -v pebble-challtestsrv; } >/dev/null 2>&1 || need+=(pebble)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

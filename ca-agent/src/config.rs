@@ -709,6 +709,126 @@ mod tests {
         let c = check(include_str!("../agent.example.toml")).expect("agent.example.toml is valid");
         assert_eq!(c.certs[0].reload_command, ["systemctl", "reload", "nginx"]);
         assert!(c.certs[0].crl);
+        assert_eq!(c.route(&c.certs[1], None), Ok(Route::Acme));
+        let info = ca_wire::CaInfo {
+            trust_domain: "example.internal".into(),
+            environments: BTreeMap::from([(
+                "prod".to_string(),
+                ca_wire::EnvironmentInfo {
+                    dns_suffixes: vec!["prod.svc.example.internal".into()],
+                },
+            )]),
+        };
+        assert_eq!(c.route(&c.certs[0], Some(&info)), Ok(Route::Private));
+        assert_eq!(c.route(&c.certs[2], Some(&info)), Ok(Route::Acme));
+        assert_eq!(c.certs[2].challenge_kind(), ChallengeKind::Dns01);
+    }
+
+    fn acme_only(cert: &str) -> String {
+        format!(
+            "state_dir = \"/tmp/s\"\n[acme.le]\ndirectory = \"letsencrypt-staging\"\nagree_tos = true\n[[cert]]\nname = \"www\"\ndir = \"/tmp/www\"\n{cert}\n"
+        )
+    }
+
+    #[test]
+    fn acme_certificates_are_checked_when_loaded() {
+        let c = check(&acme_only("dns = [\"www.example.com\"]")).expect("valid");
+        assert_eq!(c.route(&c.certs[0], None), Ok(Route::Acme));
+        assert_eq!(c.certs[0].challenge_kind(), ChallengeKind::Http01);
+        assert_eq!(c.acme["le"].directory_url(), LETSENCRYPT_STAGING);
+        let c = check(&acme_only(
+            "dns = [\"*.example.com\"]\ndns_hook = [\"/usr/local/bin/dns\"]",
+        ))
+        .expect("wildcard through dns-01");
+        assert_eq!(c.certs[0].challenge_kind(), ChallengeKind::Dns01);
+        for (cert, needle) in [
+            (
+                "dns = [\"*.example.com\"]\nchallenge = \"http-01\"",
+                "only be validated with dns-01",
+            ),
+            ("dns = [\"*.example.com\"]", "dns-01 needs a hook"),
+            ("dns = []", "needs DNS names"),
+            (
+                "dns = [\"a.example.com\"]\nips = [\"192.0.2.1\"]",
+                "IP addresses",
+            ),
+            (
+                "dns = [\"a.example.com\"]\nkey_type = \"ed25519\"",
+                "ed25519",
+            ),
+            (
+                "dns = [\"a.example.com\"]\nhttp_listen = \"eighty\"",
+                "http_listen",
+            ),
+            (
+                "dns = [\"a.example.com\"]\nacme_account = \"zerossl\"",
+                "no [acme.zerossl]",
+            ),
+            (
+                "dns = [\"a.example.com\"]\nissuer = \"private\"",
+                "private needs `server`",
+            ),
+            ("dns = [\"a b.example.com\"]", "not a public DNS name"),
+            ("dns = [\"a.example.com\"]\nttl = \"1h\"", "ttl"),
+        ] {
+            let e = check(&acme_only(cert)).expect_err(cert);
+            assert!(e.contains(needle), "{cert}: {e}");
+        }
+        let e = check(
+            &acme_only("dns = [\"a.example.com\"]").replace("agree_tos = true", "eab_kid = \"k\""),
+        )
+        .expect_err("eab");
+        assert!(
+            e.contains("eab_kid and eab_hmac_key_file go together"),
+            "{e}"
+        );
+        let e = check(
+            &acme_only("dns = [\"a.example.com\"]")
+                .replace("letsencrypt-staging", "http://acme.test/dir"),
+        )
+        .expect_err("http");
+        assert!(e.contains("acme.le.directory"), "{e}");
+    }
+
+    #[test]
+    fn auto_routes_by_the_private_suffixes_and_refuses_a_mix() {
+        let text = format!("{}\n[acme.le]\ndirectory = \"letsencrypt\"\n", base("")).replace(
+            "service = \"api\"\n",
+            "service = \"api\"\ndns = [\"api.dev.svc.example.internal\", \"www.example.com\"]\n",
+        );
+        let cfg = check(&text).expect("undecided until the suffixes are known");
+        let info = ca_wire::CaInfo {
+            trust_domain: "example.internal".into(),
+            environments: BTreeMap::from([(
+                "dev".to_string(),
+                ca_wire::EnvironmentInfo {
+                    dns_suffixes: vec!["dev.svc.example.internal".into()],
+                },
+            )]),
+        };
+        let e = cfg.route(&cfg.certs[0], Some(&info)).expect_err("mixed");
+        assert!(
+            e.contains("(api.dev.svc.example.internal)") && e.contains("(www.example.com)"),
+            "{e}"
+        );
+        assert!(
+            cfg.route(&cfg.certs[0], None).is_err(),
+            "undecided without the suffixes"
+        );
+        let mut private = cfg.clone();
+        private.certs[0].dns.retain(|d| d.ends_with(".internal"));
+        assert_eq!(
+            private.route(&private.certs[0], Some(&info)),
+            Ok(Route::Private)
+        );
+        let mut public = cfg.clone();
+        public.certs[0].dns.retain(|d| d.ends_with(".com"));
+        assert_eq!(public.route(&public.certs[0], Some(&info)), Ok(Route::Acme));
+        public.certs[0].issuer = IssuerChoice::Private;
+        let e = public
+            .route(&public.certs[0], Some(&info))
+            .expect_err("public name, private CA");
+        assert!(e.contains("www.example.com outside"), "{e}");
     }
 
     #[test]

@@ -363,6 +363,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn public_chains_need_the_exact_names_and_a_trusted_root() {
+        let pki = pki();
+        let roots = vec![CertificateDer::from(pki.root_der.clone())];
+        let now = crate::status::now();
+        let (key, chain) = leaf(&pki, "spiffe://x/y/z", &["www.example.com", "example.com"]);
+        let names = vec!["example.com".to_string(), "WWW.example.com".to_string()];
+        let info = validate_public(&key, &chain, &roots, &names, now).expect("valid");
+        assert_eq!(info.spiffe_id, None);
+        assert!(!info.serial.is_empty());
+        assert!(matches!(
+            validate_public(&key, &chain, &roots, &names[..1], now),
+            Err(ValidateError::Identity(_))
+        ));
+        assert!(matches!(
+            validate_public(&key, &chain, &[pki_foreign_root()], &names, now),
+            Err(ValidateError::Chain(_))
+        ));
+        let (other_key, _) = leaf(&pki, "spiffe://x/y/z", &[]);
+        assert_eq!(
+            validate_public(&other_key, &chain, &roots, &names, now),
+            Err(ValidateError::KeyMismatch)
+        );
+        assert_eq!(
+            validate_public(&key, &chain, &roots, &names, now + 7200),
+            Err(ValidateError::Expired)
+        );
+    }
+
     fn pki_foreign_root() -> CertificateDer<'static> {
         CertificateDer::from(pki().root_der)
     }
