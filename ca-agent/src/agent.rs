@@ -898,7 +898,24 @@ fn acme_reason(reason: &str) -> Result<instant_acme::RevocationReason, AgentErro
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let agent = Arc::new(Agent::start(cfg, token_file).await?);
+    let sig = |k| {
+        signal(k).map_err(|e| {
+            AgentError::new(
+                Exit::Transient,
+                format!("cannot install signal handler: {e}"),
+            )
+        })
+    };
+    // Installed first, so a stop request while the CA is still unreachable ends cleanly.
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let agent = tokio::select! {
+        agent = Agent::start(cfg, token_file) => Arc::new(agent?),
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
+    agent.board.persist();
     let state_dir = agent.cfg.state_dir.clone();
     let pid_file = state_dir.join("agent.pid");
     replace_file(
@@ -944,17 +961,6 @@ pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), Ag
         crate::metrics::spawn(addr, agent.board()).await?;
     }
 
-    let sig = |k| {
-        signal(k).map_err(|e| {
-            AgentError::new(
-                Exit::Transient,
-                format!("cannot install signal handler: {e}"),
-            )
-        })
-    };
-    let mut hup = sig(SignalKind::hangup())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

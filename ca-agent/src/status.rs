@@ -121,6 +121,11 @@ impl Board {
         }
     }
 
+    /// Writes the board as it is (a new process replaces what an earlier one left).
+    pub fn persist(&self) {
+        self.update("", |_| {});
+    }
+
     /// Applies `f` to the entry `name` and persists the board.
     pub fn update(&self, name: &str, f: impl FnOnce(&mut CertStatus)) {
         let snapshot = {

@@ -176,7 +176,7 @@ pub struct Acme {
     roots: std::sync::Mutex<HashMap<String, Vec<CertificateDer<'static>>>>,
 }
 
-/// Serializes orders of one account's certificates that share the standalone responder's port.
+/// Serializes orders that use the standalone http-01 responder: two at once would fight for its port.
 static RESPONDER_LOCK: Mutex<()> = Mutex::const_new(());
 
 impl Acme {
