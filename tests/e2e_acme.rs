@@ -62,6 +62,37 @@ timeout = "60s"
     }
 }
 
+impl Case {
+    /// `agent/agent.toml` with the pebble account and one certificate `www` for www.example.com
+    /// through the standalone responder on `http_port`; returns it and the output directory.
+    fn www(&self, http_port: u16) -> (PathBuf, PathBuf) {
+        let out = self.path("www");
+        let cfg = self.config(
+            "agent",
+            &self.account(""),
+            &cert_block(
+                "www",
+                &["www.example.com"],
+                &out,
+                &format!("http_listen = \"127.0.0.1:{http_port}\""),
+            ),
+        );
+        (cfg, out)
+    }
+}
+
+/// Waits for certificate `name` to be in place for the first time.
+fn wait_issued(cfg: &Path, name: &str, agent: &Agent) -> serde_json::Value {
+    wait_status(
+        cfg,
+        name,
+        Duration::from_secs(30),
+        "a certificate",
+        agent,
+        |st| st["health"] == "ok" && st["serial"].is_string(),
+    )
+}
+
 /// A `[[cert]]` for `names` written to `dir`, with a reload hook that logs serial and key hash.
 fn cert_block(name: &str, names: &[&str], dir: &Path, extra: &str) -> String {
     let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
@@ -190,14 +221,7 @@ fn http01_standalone_obtains_renews_with_fresh_keys_and_revokes() {
     );
 
     let mut agent = Agent::start(&cfg);
-    let first = wait_status(
-        &cfg,
-        "www",
-        Duration::from_secs(30),
-        "a first certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    let first = wait_issued(&cfg, "www", &agent);
     assert_eq!(first["issuer"], "acme:pebble");
     let root = case.path("pebble-root.pem");
     case.pebble.save_root(&root);
@@ -347,14 +371,7 @@ fn http01_through_a_webroot_served_by_another_server() {
         ),
     );
     let mut agent = Agent::start(&cfg);
-    wait_status(
-        &cfg,
-        "site",
-        Duration::from_secs(30),
-        "a certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    wait_issued(&cfg, "site", &agent);
     agent.terminate();
     let root = case.path("pebble-root.pem");
     case.pebble.save_root(&root);
@@ -420,14 +437,7 @@ fn dns01_through_a_hook_with_a_wildcard() {
         check.stdout
     );
     let mut agent = Agent::start(&cfg);
-    wait_status(
-        &cfg,
-        "wild",
-        Duration::from_secs(30),
-        "a certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    wait_issued(&cfg, "wild", &agent);
     agent.terminate();
     let root = case.path("pebble-root.pem");
     case.pebble.save_root(&root);
@@ -485,26 +495,9 @@ fn a_restarted_acme_server_that_forgot_the_account_gets_a_new_registration() {
         validity_secs: 3600,
         eab: None,
     });
-    let out = case.path("www");
-    let cfg = case.config(
-        "agent",
-        &case.account(""),
-        &cert_block(
-            "www",
-            &["www.example.com"],
-            &out,
-            &format!("http_listen = \"127.0.0.1:{http_port}\""),
-        ),
-    );
+    let (cfg, out) = case.www(http_port);
     let mut agent = Agent::start(&cfg);
-    let first = wait_status(
-        &cfg,
-        "www",
-        Duration::from_secs(30),
-        "a certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    let first = wait_issued(&cfg, "www", &agent);
     let account_file = cfg.parent().expect("dir").join("state/acme/pebble.json");
     let before = std::fs::read_to_string(&account_file).expect("account");
 
@@ -588,14 +581,7 @@ fn external_account_binding_required_by_the_ca() {
         &cert,
     );
     let mut agent = Agent::start(&cfg);
-    wait_status(
-        &cfg,
-        "www",
-        Duration::from_secs(30),
-        "a certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    wait_issued(&cfg, "www", &agent);
     agent.terminate();
     let account =
         std::fs::read_to_string(cfg.parent().expect("dir").join("state/acme/pebble.json"))
@@ -613,26 +599,9 @@ fn a_failing_challenge_leaves_the_files_in_place_and_backs_off() {
         validity_secs: 40,
         eab: None,
     });
-    let out = case.path("www");
-    let good = case.config(
-        "agent",
-        &case.account(""),
-        &cert_block(
-            "www",
-            &["www.example.com"],
-            &out,
-            &format!("http_listen = \"127.0.0.1:{http_port}\""),
-        ),
-    );
+    let (good, out) = case.www(http_port);
     let mut agent = Agent::start(&good);
-    let first = wait_status(
-        &good,
-        "www",
-        Duration::from_secs(30),
-        "a certificate",
-        &agent,
-        |st| st["health"] == "ok" && st["serial"].is_string(),
-    );
+    let first = wait_issued(&good, "www", &agent);
     agent.terminate();
     let files = |dir: &Path| -> Vec<Vec<u8>> {
         ["key.pem", "cert.pem", "chain.pem", "combined.pem"]
@@ -692,22 +661,8 @@ fn a_failing_challenge_leaves_the_files_in_place_and_backs_off() {
 }
 
 /// A private CA whose leaves are backdated by a second, and its root fingerprint.
-fn private_ca(tmp: &Path) -> (TestCa, support::Server, String) {
-    let _ = tmp;
-    let ca = TestCa::new();
-    let run = ca.server(&[
-        "init",
-        "--policy",
-        s(&support::example_policy()),
-        "--insecure-no-passphrase",
-        "--json",
-    ]);
-    run.expect_code(0);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-    let fp = v["root_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_string();
+fn private_ca() -> (TestCa, support::Server, String) {
+    let (ca, fp) = TestCa::init_with_fingerprint();
     let cfg = ca.path("server.toml");
     std::fs::write(&cfg, "backdate = \"1s\"\n").expect("write");
     let server = ca.serve(&["--config", s(&cfg)]);
@@ -722,7 +677,7 @@ fn auto_keeps_a_private_and_a_public_certificate_fresh_side_by_side() {
         validity_secs: 20,
         eab: None,
     });
-    let (ca, server, fp) = private_ca(case.tmp.path());
+    let (ca, server, fp) = private_ca();
     let token = ca.server(&["token", "create", "--env", "dev", "--service", "api"]);
     token.expect_code(0);
     let token_file = case.path("token");

@@ -110,20 +110,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let ca = TestCa::new();
-        let run = ca.server(&[
-            "init",
-            "--policy",
-            s(&support::example_policy()),
-            "--insecure-no-passphrase",
-            "--json",
-        ]);
-        run.expect_code(0);
-        let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-        let fingerprint = v["root_fingerprint"]
-            .as_str()
-            .expect("fingerprint")
-            .to_string();
+        let (ca, fingerprint) = TestCa::init_with_fingerprint();
         let server = Self::start_server(&ca, "127.0.0.1:0");
         Env {
             ca,

@@ -206,6 +206,26 @@ impl TestCa {
         ca
     }
 
+    /// Initialised with the example policy and no passphrase; also returns the root's SHA-256
+    /// fingerprint that agents pin.
+    pub fn init_with_fingerprint() -> (TestCa, String) {
+        let ca = TestCa::new();
+        let run = ca.server(&[
+            "init",
+            "--policy",
+            s(&example_policy()),
+            "--insecure-no-passphrase",
+            "--json",
+        ]);
+        run.expect_code(0);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        let fingerprint = v["root_fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_string();
+        (ca, fingerprint)
+    }
+
     /// Initialised with the example policy and a passphrase file.
     pub fn init_sealed(passphrase: &str) -> TestCa {
         let mut ca = TestCa::new();
