@@ -180,12 +180,16 @@ fn agent_cmd(args: &[&str]) -> support::Run {
 fn serial_of(out: &Path) -> String {
     let run = openssl(["x509", "-noout", "-serial", "-in", s(&out.join("cert.pem"))]);
     run.expect_code(0);
-    run.stdout
+    // openssl prints whole bytes; the agent drops leading zero bytes only.
+    let mut hex = run
+        .stdout
         .trim()
         .trim_start_matches("serial=")
-        .to_ascii_lowercase()
-        .trim_start_matches('0')
-        .to_string()
+        .to_ascii_lowercase();
+    while hex.len() > 2 && hex.starts_with("00") {
+        hex.drain(..2);
+    }
+    hex
 }
 
 #[test]
@@ -740,6 +744,25 @@ fn auto_keeps_a_private_and_a_public_certificate_fresh_side_by_side() {
     let root = case.path("pebble-root.pem");
     case.pebble.save_root(&root);
     verify_against(&root, &public_out);
+
+    // Decommissioning the private certificate: the holder's own mTLS self-revocation.
+    let serial = serial_of(&private_out);
+    agent_cmd(&[
+        "revoke",
+        "--config",
+        s(&cfg),
+        "api",
+        "--reason",
+        "key-compromise",
+    ])
+    .expect_code(0);
+    let shown = ca.server(&["certs", "show", &serial, "--json"]);
+    shown.expect_code(0);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
+    assert_eq!(shown["status"], "revoked", "{shown}");
+    agent_cmd(&["revoke", "--config", s(&cfg), "api"])
+        .expect_code(3)
+        .expect_stderr("revoked");
 
     // One certificate mixing a private and a public name is refused, naming both.
     let mixed = case.config(

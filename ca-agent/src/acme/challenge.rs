@@ -34,9 +34,16 @@ impl Http01Responder {
         addr: SocketAddr,
         answers: HashMap<String, String>,
     ) -> Result<Http01Responder, String> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("http-01 responder cannot listen on {addr}: {e}"))?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // A host without IPv6 cannot bind the dual-stack default `[::]`: take IPv4 alone.
+            Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
+                    .await
+                    .map_err(|_| format!("http-01 responder cannot listen on {addr}: {e}"))?
+            }
+            Err(e) => return Err(format!("http-01 responder cannot listen on {addr}: {e}")),
+        };
         let addr = listener.local_addr().unwrap_or(addr);
         let answers = Arc::new(answers);
         let (stop, mut stopped) = oneshot::channel::<()>();
