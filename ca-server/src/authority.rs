@@ -105,6 +105,7 @@ impl fmt::Debug for CaKey {
 #[derive(Debug)]
 pub struct Signer {
     cert_der: Vec<u8>,
+    cert_pem: String,
     key: CaKey,
 }
 
@@ -118,12 +119,21 @@ impl Signer {
                 "key does not match the CA certificate".into(),
             ));
         }
-        Ok(Signer { cert_der, key })
+        Ok(Signer {
+            cert_pem: pem_encode("CERTIFICATE", &cert_der),
+            cert_der,
+            key,
+        })
     }
 
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
     }
 
     /// The CA key.

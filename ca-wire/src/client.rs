@@ -326,6 +326,11 @@ impl ApiClient {
         self.call(Method::GET, path, None).await
     }
 
+    /// `POST base + path` with a JSON body already encoded.
+    pub async fn post_body(&self, path: &str, json: Vec<u8>) -> Result<Reply, ClientError> {
+        self.call(Method::POST, path, Some(json)).await
+    }
+
     /// `POST base + path` with a JSON body.
     pub async fn post_json<T: Serialize>(
         &self,
@@ -333,7 +338,7 @@ impl ApiClient {
         body: &T,
     ) -> Result<Reply, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Config(e.to_string()))?;
-        self.call(Method::POST, path, Some(bytes)).await
+        self.post_body(path, bytes).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! fresh random serial in the store; sign; self-check (in the signer); commit the certificate row
 //! with its audit entry; only then return the certificate ([`Ca::complete`]). Refusals are audited.
 
+mod commit;
 mod init;
 mod mtls;
 mod revocation;
@@ -31,7 +32,7 @@ use crate::policy::{Decision, IssueRequest, Policy, PolicyError, PolicyViolation
 use crate::sealed::{self, Passphrase, SealError};
 use crate::store::{
     AuditEntry, AuditResult, AuthorityRecord, CaSettings, CertificateFilter, CertificateRecord,
-    IssuedVia, Store, StoreError,
+    Issuance, IssuedVia, Store, StoreError, TokenUse,
 };
 
 /// Id of the root in the authorities table.
@@ -220,6 +221,9 @@ pub struct Ca {
     revocation_epoch: std::sync::atomic::AtomicU64,
     ocsp_cache: Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
     signers: Mutex<HashMap<String, Arc<Signer>>>,
+    serials: commit::SerialPool,
+    committer: commit::GroupCommitter,
+    root_pem: tokio::sync::OnceCell<String>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -250,7 +254,6 @@ impl Ca {
             });
         }
         Ok(Ca {
-            store,
             clock,
             settings,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -259,6 +262,10 @@ impl Ca {
             revocation_epoch: std::sync::atomic::AtomicU64::new(0),
             ocsp_cache: Mutex::new(HashMap::new()),
             signers: Mutex::new(HashMap::new()),
+            serials: commit::SerialPool::new(commit::SERIAL_BLOCK),
+            committer: commit::GroupCommitter::spawn(store.clone()),
+            root_pem: tokio::sync::OnceCell::new(),
+            store,
         })
     }
 
@@ -368,9 +375,12 @@ impl Ca {
         Ok(())
     }
 
-    /// PEM of the root certificate.
+    /// PEM of the root certificate (read once: the root does not change while serving).
     pub async fn root_pem(&self) -> Result<String, ServiceError> {
-        Ok(self.authority(ROOT_ID).await?.cert_pem)
+        self.root_pem
+            .get_or_try_init(|| async { Ok(self.authority(ROOT_ID).await?.cert_pem) })
+            .await
+            .cloned()
     }
 
     /// Trust bundle for `env`: the root, then the environment's intermediate.
@@ -436,7 +446,7 @@ impl Ca {
     /// Issues a leaf: [`Ca::prepare`] then [`Ca::complete`]. Refusals are audited.
     pub async fn issue(&self, input: IssueInput) -> Result<IssueOutput, ServiceError> {
         let result = match self.prepare(&input) {
-            Ok(p) => self.complete(&input, p).await,
+            Ok(p) => self.complete(&input, p, None).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -464,28 +474,20 @@ impl Ca {
         Ok(Prepared { csr, decision })
     }
 
+    /// A durably reserved serial, never handed out before.
     async fn reserve_serial(&self, now: OffsetDateTime) -> Result<Serial, ServiceError> {
-        let mut attempts = 0;
-        loop {
-            let serial = random_serial()?;
-            match self
-                .store
-                .reserve_serial(&serial, now.unix_timestamp())
-                .await
-            {
-                Ok(()) => return Ok(serial),
-                // 2^-126 per draw; retrying a few times turns a miracle into a non-event.
-                Err(StoreError::Conflict(_)) if attempts < 3 => attempts += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.serials
+            .next(self.store.as_ref(), now.unix_timestamp())
+            .await
     }
 
-    /// Signs a prepared request and commits it (with its audit entry) before returning it.
+    /// Signs a prepared request and commits it with its audit entry (and the use of `token`,
+    /// spent only if the certificate commits) before returning it.
     pub async fn complete(
         &self,
         input: &IssueInput,
         prepared: Prepared,
+        token: Option<&str>,
     ) -> Result<IssueOutput, ServiceError> {
         let Prepared { csr, decision } = prepared;
         let env = &input.identity.env;
@@ -547,14 +549,30 @@ impl Ca {
             reason: None,
         };
         // Durable before it leaves: nothing is returned unless this commit succeeded.
-        self.store.insert_certificate(&record, &audit).await?;
+        let item = Issuance {
+            cert: record,
+            audit,
+            token: token.map(|id| TokenUse {
+                id: id.to_string(),
+                at: now.unix_timestamp(),
+            }),
+        };
+        let record = match self.committer.commit(item).await {
+            Ok(committed) => committed.cert,
+            Err(StoreError::TokenUsedUp(id)) => {
+                return Err(ServiceError::Token(format!(
+                    "enrollment token {id} was already used"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
 
-        let intermediate_pem = authority::pem_encode("CERTIFICATE", signer.cert_der());
+        let intermediate_pem = signer.cert_pem();
         let root_pem = self.root_pem().await?;
         Ok(IssueOutput {
-            cert_pem: issued.pem.clone(),
-            chain_pem: format!("{}{}", issued.pem, intermediate_pem),
+            chain_pem: format!("{}{intermediate_pem}", issued.pem),
             bundle_pem: format!("{root_pem}{intermediate_pem}"),
+            cert_pem: issued.pem,
             record,
         })
     }

@@ -129,18 +129,9 @@ impl Ca {
                 actor: actor.clone(),
             };
             let prepared = self.prepare(&issue)?;
-            if !self.store().spend_token(&token.id, self.now_unix()).await? {
-                return Err(ServiceError::Token(format!("enrollment token {} was already used", token.id)));
-            }
-            match self.complete(&issue, prepared).await {
-                Ok(out) => Ok(out),
-                Err(e) => {
-                    if let Err(refund) = self.store().refund_token(&token.id).await {
-                        tracing::error!(error = %refund, token = %token.id, "could not give back a token use");
-                    }
-                    Err(e)
-                }
-            }
+            // The token use is spent in the same commit as the certificate: a request that
+            // fails anywhere spends nothing.
+            self.complete(&issue, prepared, Some(&token.id)).await
         }
         .await;
         if let Err(e) = &result {
@@ -246,7 +237,7 @@ impl Ca {
                 actor: actor.clone(),
             };
             let prepared = self.prepare(&issue)?;
-            self.complete(&issue, prepared).await
+            self.complete(&issue, prepared, None).await
         }
         .await;
         if let Err(e) = &result {

@@ -35,6 +35,12 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The token of an issuance has no use left (used up, expired, revoked or unknown).
+    #[error("token {0} has no use left")]
+    TokenUsedUp(String),
+    /// A batch commit failed as a whole; nothing of it was written.
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 impl Classify for StoreError {
@@ -42,6 +48,7 @@ impl Classify for StoreError {
         match self {
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
             _ => ErrorKind::Internal,
         }
     }
@@ -192,6 +199,27 @@ pub struct CertificateRecord {
     pub revoked_at: Option<i64>,
     /// RFC 5280 reason name, when revoked.
     pub revocation_reason: Option<String>,
+}
+
+/// One issuance to commit: the certificate row, its audit entry and, for an enrollment, the token
+/// use it spends. All three are written together or not at all.
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// The certificate (its serial reserved).
+    pub cert: CertificateRecord,
+    /// Its audit entry.
+    pub audit: AuditEntry,
+    /// The token whose use it spends, with the time the use is checked against.
+    pub token: Option<TokenUse>,
+}
+
+/// A token use spent by an issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUse {
+    /// Token id.
+    pub id: String,
+    /// Unix seconds: the token must be unexpired then.
+    pub at: i64,
 }
 
 /// A certificate's status at a point in time.
@@ -398,6 +426,17 @@ pub trait Store: Send + Sync {
     async fn authority(&self, id: &str) -> Result<Option<AuthorityRecord>, StoreError>;
     /// Reserves a serial; `Conflict` if it was ever used.
     async fn reserve_serial(&self, serial: &Serial, at: i64) -> Result<(), StoreError>;
+    /// Reserves several serials in one transaction, durable on return; `Conflict` (and nothing
+    /// reserved) if any of them was ever used.
+    async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError>;
+    /// Commits a batch of issuances in one transaction (one flush for all). Each item stands or
+    /// falls alone: a token without a use left (`TokenUsedUp`), a serial already stored
+    /// (`Conflict`) or not reserved (`NotFound`) fails that item and writes nothing of it, while
+    /// the others commit. The outer error means the transaction failed and nothing was written.
+    async fn commit_issuances(
+        &self,
+        batch: &[Issuance],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Commits a certificate (whose serial is reserved) together with its audit entry.
     async fn insert_certificate(
         &self,
@@ -430,8 +469,6 @@ pub trait Store: Send + Sync {
     /// Atomically spends one use of a usable token; `false` if it is used up, expired, revoked
     /// or unknown. Concurrent callers can never spend more uses than the token has.
     async fn spend_token(&self, id: &str, now: i64) -> Result<bool, StoreError>;
-    /// Gives back a use spent by an enrollment that then failed inside the CA.
-    async fn refund_token(&self, id: &str) -> Result<(), StoreError>;
     /// Tokens, newest first; only those usable at `usable_at` when given.
     async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError>;
     /// Revokes a token; `false` if unknown or already revoked.

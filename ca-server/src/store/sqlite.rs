@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlRecord, IssuedVia, NewCa, RevokedEntry, Store,
-    StoreError, TokenRecord,
+    CertificateFilter, CertificateRecord, CrlRecord, Issuance, IssuedVia, NewCa, RevokedEntry,
+    Store, StoreError, TokenRecord,
 };
 use crate::pki::Serial;
 
@@ -165,6 +165,71 @@ where
     Ok(())
 }
 
+/// Inserts a certificate row, naming the rule a refusal broke.
+async fn insert_certificate_row(
+    conn: &mut sqlx::SqliteConnection,
+    c: &CertificateRecord,
+) -> Result<(), StoreError> {
+    let res = sqlx::query(
+        "INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, ip_addresses, \
+         key_type, key_fingerprint, fingerprint, not_before, not_after, cert_pem, issued_via, issued_by, \
+         created_at, revoked_at, revocation_reason) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&c.serial)
+    .bind(&c.issuer_id)
+    .bind(&c.env)
+    .bind(&c.service)
+    .bind(&c.spiffe_id)
+    .bind(json_list(&c.dns_names))
+    .bind(json_list(&c.ip_addresses))
+    .bind(&c.key_type)
+    .bind(&c.key_fingerprint)
+    .bind(&c.fingerprint)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(&c.cert_pem)
+    .bind(c.issued_via.as_str())
+    .bind(&c.issued_by)
+    .bind(c.created_at)
+    .bind(c.revoked_at)
+    .bind(&c.revocation_reason)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!(
+            "certificate {} already stored",
+            c.serial
+        ))),
+        Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+            Err(StoreError::NotFound(format!(
+                "serial {} was not reserved, or issuer {:?} is unknown",
+                c.serial, c.issuer_id
+            )))
+        }
+        r => r.map(|_| ()).map_err(Into::into),
+    }
+}
+
+/// One issuance of a batch: the token use (one conditional UPDATE), the row, the audit entry.
+async fn commit_one(conn: &mut sqlx::SqliteConnection, item: &Issuance) -> Result<(), StoreError> {
+    if let Some(t) = &item.token {
+        let done = sqlx::query(
+            "UPDATE tokens SET uses = uses + 1 \
+             WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
+        )
+        .bind(&t.id)
+        .bind(t.at)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::TokenUsedUp(t.id.clone()));
+        }
+    }
+    insert_certificate_row(conn, &item.cert).await?;
+    insert_audit(&mut *conn, &item.audit).await
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn initialize(&self, ca: &NewCa) -> Result<(), StoreError> {
@@ -278,52 +343,53 @@ impl Store for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, ip_addresses, \
-             key_type, key_fingerprint, fingerprint, not_before, not_after, cert_pem, issued_via, issued_by, \
-             created_at, revoked_at, revocation_reason) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.serial)
-        .bind(&c.issuer_id)
-        .bind(&c.env)
-        .bind(&c.service)
-        .bind(&c.spiffe_id)
-        .bind(json_list(&c.dns_names))
-        .bind(json_list(&c.ip_addresses))
-        .bind(&c.key_type)
-        .bind(&c.key_fingerprint)
-        .bind(&c.fingerprint)
-        .bind(c.not_before)
-        .bind(c.not_after)
-        .bind(&c.cert_pem)
-        .bind(c.issued_via.as_str())
-        .bind(&c.issued_by)
-        .bind(c.created_at)
-        .bind(c.revoked_at)
-        .bind(&c.revocation_reason)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Err(e) if unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "certificate {} already stored",
-                    c.serial
-                )));
-            }
-            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
-                return Err(StoreError::NotFound(format!(
-                    "serial {} was not reserved, or issuer {:?} is unknown",
-                    c.serial, c.issuer_id
-                )));
-            }
-            r => {
-                r?;
-            }
-        }
+        insert_certificate_row(&mut tx, c).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for serial in serials {
+            let res = sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES (?, ?)")
+                .bind(serial.to_hex())
+                .bind(at)
+                .execute(&mut *tx)
+                .await;
+            match res {
+                Err(e) if unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!(
+                        "serial {serial} already used"
+                    )));
+                }
+                r => {
+                    r?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn commit_issuances(
+        &self,
+        batch: &[Issuance],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch {
+            // A savepoint per item: a failed item leaves no trace and the others go on.
+            let mut item_tx = sqlx::Acquire::begin(&mut tx).await?;
+            let res = commit_one(&mut item_tx, item).await;
+            match res {
+                Ok(()) => item_tx.commit().await?,
+                Err(_) => item_tx.rollback().await?,
+            }
+            results.push(res);
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 
     async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
@@ -441,14 +507,6 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    async fn refund_token(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = ? AND uses > 0")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError> {
