@@ -9,7 +9,8 @@
 #   scripts/bench.sh all          both
 #
 # BENCH_SECONDS (default 10) is the length of one measured run; BENCH_ROUNDS (default 2) how many
-# interleaved runs of ours and cfssl are taken per concurrency (the median is reported).
+# interleaved runs of ours and cfssl are taken per concurrency (the median is reported);
+# BENCH_PROFILE=FILE also records a perf profile of the server (enroll, concurrency 8) and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-revocation}"
@@ -79,8 +80,9 @@ issuance() {
     done
     [ -n "$url" ] || { echo "error: ca-server did not start: $(cat "$tmp/serve.err")" >&2; exit 1; }
 
-    # cfssl 1.2: its own P-256 CA, `serve` with a SQLite certdb in WAL mode (SQLite's default
-    # synchronous=FULL applies to it as to ours).
+    # cfssl 1.2: its own P-256 CA, `serve` with a SQLite certdb in WAL mode with synchronous=FULL,
+    # as ours. The Go SQLite driver defaults to synchronous=NORMAL (no flush per commit: a power
+    # loss can lose certificates it already handed out), so the DSN asks for FULL explicitly.
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/cfssl-ca-key.pem" \
         -out "$tmp/cfssl-ca.pem" -subj "/CN=cfssl bench CA" -days 2 >/dev/null 2>&1
     cat > "$tmp/cfssl.json" <<'JSON'
@@ -96,7 +98,7 @@ CREATE TABLE ocsp_responses (
   serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, body blob NOT NULL,
   expiry timestamp, PRIMARY KEY(serial_number, authority_key_identifier));
 SQL
-    printf '{"driver":"sqlite3","data_source":"%s"}' "$tmp/cfssl.db" > "$tmp/db.json"
+    printf '{"driver":"sqlite3","data_source":"file:%s?_sync=FULL&_journal=WAL"}' "$tmp/cfssl.db" > "$tmp/db.json"
     local cport
     cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     cfssl serve -address 127.0.0.1 -port "$cport" -ca "$tmp/cfssl-ca.pem" -ca-key "$tmp/cfssl-ca-key.pem" \
@@ -130,6 +132,16 @@ SQL
         run ours-renew-new-conn renew-new-conn "$c" --url "$url" --ca-bundle "$tmp/bundle.pem" \
             --cert "$tmp/client/chain.pem" --key "$tmp/client/key.pem" --pid "$ours_pid"
     done
+    if [ -n "${BENCH_PROFILE:-}" ] && command -v perf >/dev/null 2>&1; then
+        # A flat CPU profile of the server under enrollment at concurrency 8.
+        perf record -F 999 -p "$ours_pid" -o "$BENCH_PROFILE" -- sleep "$seconds" >/dev/null 2>&1 &
+        local perf_pid=$!
+        run ours-enroll-profiled enroll 8 --url "$url" --ca-bundle "$tmp/bundle.pem" --token "$token" \
+            --dns api.ci.svc.example.internal --pid "$ours_pid"
+        wait "$perf_pid" || true
+        perf report -i "$BENCH_PROFILE" --no-children --stdio --sort dso,symbol --percent-limit 0.7 2>/dev/null \
+            | grep -v '^$' | head -70 >&2
+    fi
     python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

@@ -212,7 +212,13 @@ async fn insert_certificate_row(
 }
 
 /// One issuance of a batch: the token use (one conditional UPDATE), the row, the audit entry.
-async fn commit_one(conn: &mut sqlx::SqliteConnection, item: &Issuance) -> Result<(), StoreError> {
+/// A refused item (inner error) leaves nothing behind: SQLite undoes a failed statement by
+/// itself, and a token use spent for a row that was then refused is given back in the same
+/// transaction. An outer error (the database failing) fails the whole batch.
+async fn commit_one(
+    conn: &mut sqlx::SqliteConnection,
+    item: &Issuance,
+) -> Result<Result<(), StoreError>, StoreError> {
     if let Some(t) = &item.token {
         let done = sqlx::query(
             "UPDATE tokens SET uses = uses + 1 \
@@ -223,11 +229,24 @@ async fn commit_one(conn: &mut sqlx::SqliteConnection, item: &Issuance) -> Resul
         .execute(&mut *conn)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::TokenUsedUp(t.id.clone()));
+            return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
         }
     }
-    insert_certificate_row(conn, &item.cert).await?;
-    insert_audit(&mut *conn, &item.audit).await
+    match insert_certificate_row(conn, &item.cert).await {
+        Ok(()) => {}
+        Err(refused @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => {
+            if let Some(t) = &item.token {
+                sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = ?")
+                    .bind(&t.id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            return Ok(Err(refused));
+        }
+        Err(e) => return Err(e),
+    }
+    insert_audit(&mut *conn, &item.audit).await?;
+    Ok(Ok(()))
 }
 
 #[async_trait]
@@ -379,14 +398,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
         for item in batch {
-            // A savepoint per item: a failed item leaves no trace and the others go on.
-            let mut item_tx = sqlx::Acquire::begin(&mut tx).await?;
-            let res = commit_one(&mut item_tx, item).await;
-            match res {
-                Ok(()) => item_tx.commit().await?,
-                Err(_) => item_tx.rollback().await?,
-            }
-            results.push(res);
+            results.push(commit_one(&mut tx, item).await?);
         }
         tx.commit().await?;
         Ok(results)
