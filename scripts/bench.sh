@@ -6,7 +6,9 @@
 #   scripts/bench.sh issuance     durable issuance beside cfssl in the same run (about 5 minutes):
 #                                 enroll (CI token), renew over mTLS with keep-alive, renew with a
 #                                 new TLS connection each time; concurrency 1, 8, 32
-#   scripts/bench.sh all          both
+#   scripts/bench.sh footprint    ca-agent idle RSS, `ca-agent issue` wall time, ca-server start time
+#                                 with 1,000,000 stored certificates (about 2 minutes)
+#   scripts/bench.sh all          all of them
 #
 # BENCH_SECONDS (default 10) is the length of one measured run; BENCH_ROUNDS (default 2) how many
 # interleaved runs of ours and cfssl are taken per concurrency (the median is reported);
@@ -172,9 +174,121 @@ print(f"\nfailed requests over all runs: {errors}")
 PY
 }
 
+# Starts `ca-server serve` on data dir $1 (stdout to $2) and prints its URL once it listens.
+start_server() {
+    CA_LOG=error target/release/ca-server serve --data-dir "$1" --listen 127.0.0.1:0 > "$2" 2>/dev/null &
+    echo $! > "$2.pid"
+    for _ in $(seq 1 200); do
+        local url
+        url=$(sed -n 's/^listening on \(https:.*\)$/\1/p' "$2" | head -1)
+        [ -n "$url" ] && { echo "$url"; return; }
+        sleep 0.05
+    done
+    echo "error: ca-server did not start" >&2
+    exit 1
+}
+
+footprint() {
+    install_missing openssl:openssl sqlite3:sqlite3 python3:python3
+    cargo build --release --locked -p ca-server -p ca-agent
+    local bin=target/release/ca-server agent=target/release/ca-agent
+    local tmp
+    tmp=$(mktemp -d)
+    local pids=()
+    cleanup() {
+        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+        wait 2>/dev/null || true
+        rm -rf "$tmp"
+    }
+    trap cleanup EXIT
+    local fp
+    fp=$(CA_LOG=error $bin init --data-dir "$tmp/ca" --policy policies/example.toml --insecure-no-passphrase --json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["root_fingerprint"])')
+    local url
+    url=$(start_server "$tmp/ca" "$tmp/serve.out")
+    pids+=("$(cat "$tmp/serve.out.pid")")
+
+    # ca-agent run, one certificate of an hour, idle after enrolling.
+    $bin token create --data-dir "$tmp/ca" --env dev --service api > "$tmp/token" 2>/dev/null
+    cat > "$tmp/agent.toml" <<TOML
+server = "$url"
+root_fingerprint = "$fp"
+state_dir = "$tmp/agent-state"
+token_file = "$tmp/token"
+[[cert]]
+name = "api"
+env = "dev"
+service = "api"
+dns = ["api.dev.svc.example.internal"]
+ttl = "1h"
+dir = "$tmp/agent-out"
+TOML
+    CA_AGENT_LOG=warn $agent run --config "$tmp/agent.toml" >/dev/null 2>&1 &
+    local agent_pid=$!
+    pids+=("$agent_pid")
+    for _ in $(seq 1 100); do
+        [ -e "$tmp/agent-out/current" ] && break
+        sleep 0.1
+    done
+    sleep 3
+    awk '/^(VmRSS|RssAnon|RssFile)/ {kb[$1] = $2}
+        END {printf "ca-agent run, idle with one certificate: RSS %.1f MiB (private %.1f MiB; %.1f MiB are pages of the binary and libc, shared)\n", kb["VmRSS:"]/1024, kb["RssAnon:"]/1024, kb["RssFile:"]/1024}' \
+        "/proc/$agent_pid/status"
+
+    # ca-agent issue, one-shot: 20 runs, median wall time.
+    local times=()
+    for i in $(seq 1 20); do
+        local t
+        t=$($bin token create --data-dir "$tmp/ca" --env dev --service api 2>/dev/null)
+        local start end
+        start=$(date +%s%N)
+        $agent issue --server "$url" --root-fingerprint "$fp" --token "$t" --env dev --service api \
+            --dns api.dev.svc.example.internal --out "$tmp/issue-$i" >/dev/null 2>&1
+        end=$(date +%s%N)
+        times+=($(( (end - start) / 1000 )))
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "ca-agent issue, one-shot: median %.1f ms, min %.1f ms, max %.1f ms (20 runs, including process start and the pinned-root fetch)\n", a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
+
+    # ca-server serve start with 1,000,000 stored certificates (rows made with SQL; the start does
+    # not read them).
+    kill "$(cat "$tmp/serve.out.pid")" 2>/dev/null || true
+    local pem
+    pem=$(sed -n '1,/END CERTIFICATE/p' "$tmp/issue-1/cert.pem")
+    sqlite3 "$tmp/ca/ca.db" <<SQL
+PRAGMA journal_mode=WAL;
+BEGIN;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+INSERT INTO serials (serial, reserved_at) SELECT printf('7f%030x', i), 0 FROM n;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, ip_addresses, key_type,
+  key_fingerprint, fingerprint, not_before, not_after, cert_pem, issued_via, issued_by, created_at)
+SELECT printf('7f%030x', i), 'dev', 'dev', 'api', 'spiffe://example.internal/dev/api',
+  '["api.dev.svc.example.internal"]', '[]', 'p256', printf('%064x', i), printf('%064x', i),
+  strftime('%s','now') - 60, strftime('%s','now') + 3600 + (i % 86400), '$pem', 'enroll', 'bench',
+  strftime('%s','now') FROM n;
+COMMIT;
+PRAGMA wal_checkpoint(TRUNCATE);
+SQL
+    local count
+    count=$(sqlite3 "$tmp/ca/ca.db" 'SELECT COUNT(*) FROM certificates')
+    local ms=()
+    for i in 1 2 3 4 5; do
+        local start end
+        start=$(date +%s%N)
+        start_server "$tmp/ca" "$tmp/serve-$i.out" >/dev/null
+        end=$(date +%s%N)
+        kill "$(cat "$tmp/serve-$i.out.pid")" 2>/dev/null || true
+        wait "$(cat "$tmp/serve-$i.out.pid")" 2>/dev/null || true
+        ms+=($(( (end - start) / 1000000 )))
+    done
+    printf '%s\n' "${ms[@]}" | sort -n | awk -v n="$count" '{a[NR]=$1} END {printf "ca-server serve start with %d certificates: median %d ms to the listening line (5 runs, min %d, max %d; includes polling every 50 ms)\n", n, a[3], a[1], a[5]}'
+}
+
+# Each in a subshell, so each stops what it started when it ends.
 case "$what" in
-    revocation) revocation ;;
-    issuance) issuance ;;
-    all) revocation; issuance ;;
-    *) echo "usage: scripts/bench.sh [revocation|issuance|all]" >&2; exit 2 ;;
+    revocation) (revocation) ;;
+    issuance) (issuance) ;;
+    footprint) (footprint) ;;
+    all) (revocation); (issuance); (footprint) ;;
+    *) echo "usage: scripts/bench.sh [revocation|issuance|footprint|all]" >&2; exit 2 ;;
 esac
