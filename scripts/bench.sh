@@ -30,6 +30,29 @@ install_missing() {
     fi
 }
 
+# A temp dir ($tmp) and the processes started in it ($pids), both cleaned up when the calling
+# subshell exits.
+scratch() {
+    tmp=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+}
+
+# Starts `ca-server serve` on data dir $1 (stdout to $2, its pid in $2.pid) and prints its URL
+# once it listens.
+start_server() {
+    CA_LOG=error target/release/ca-server serve --data-dir "$1" --listen 127.0.0.1:0 > "$2" 2>/dev/null &
+    echo $! > "$2.pid"
+    for _ in $(seq 1 200); do
+        local url
+        url=$(sed -n 's/^listening on \(https:.*\)$/\1/p' "$2" | head -1)
+        [ -n "$url" ] && { echo "$url"; return; }
+        sleep 0.05
+    done
+    echo "error: ca-server did not start" >&2
+    exit 1
+}
+
 revocation() {
     install_missing openssl:openssl
     cargo bench --locked -p ca-server --bench revocation
@@ -44,15 +67,7 @@ issuance() {
         | grep -o '"executable":"[^"]*issuance_load[^"]*"' | tail -1 | cut -d'"' -f4)
     [ -x "$load" ] || { echo "error: the load generator did not build" >&2; exit 1; }
     local bin=target/release/ca-server
-    local tmp
-    tmp=$(mktemp -d)
-    local pids=()
-    cleanup() {
-        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-        wait 2>/dev/null || true
-        rm -rf "$tmp"
-    }
-    trap cleanup EXIT
+    scratch
 
     # Which block device holds the databases, for its flush counter.
     local src disk
@@ -71,16 +86,10 @@ issuance() {
     $bin issue "${ca[@]}" --env ci --service api --dns api.ci.svc.example.internal --ttl 2h --out "$tmp/client" >/dev/null 2>&1
     openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/req.key" \
         -out "$tmp/req.csr" -subj /CN=api >/dev/null 2>&1
-    CA_LOG=error $bin serve "${ca[@]}" --listen 127.0.0.1:0 > "$tmp/serve.out" 2> "$tmp/serve.err" &
-    local ours_pid=$!
+    local url ours_pid
+    url=$(start_server "$tmp/ca" "$tmp/serve.out")
+    ours_pid=$(cat "$tmp/serve.out.pid")
     pids+=("$ours_pid")
-    local url=""
-    for _ in $(seq 1 100); do
-        url=$(sed -n 's/^listening on \(https:.*\)$/\1/p' "$tmp/serve.out" | head -1)
-        [ -n "$url" ] && break
-        sleep 0.1
-    done
-    [ -n "$url" ] || { echo "error: ca-server did not start: $(cat "$tmp/serve.err")" >&2; exit 1; }
 
     # cfssl 1.2: its own P-256 CA, `serve` with a SQLite certdb in WAL mode with synchronous=FULL,
     # as ours. The Go SQLite driver defaults to synchronous=NORMAL (no flush per commit: a power
@@ -174,33 +183,11 @@ print(f"\nfailed requests over all runs: {errors}")
 PY
 }
 
-# Starts `ca-server serve` on data dir $1 (stdout to $2) and prints its URL once it listens.
-start_server() {
-    CA_LOG=error target/release/ca-server serve --data-dir "$1" --listen 127.0.0.1:0 > "$2" 2>/dev/null &
-    echo $! > "$2.pid"
-    for _ in $(seq 1 200); do
-        local url
-        url=$(sed -n 's/^listening on \(https:.*\)$/\1/p' "$2" | head -1)
-        [ -n "$url" ] && { echo "$url"; return; }
-        sleep 0.05
-    done
-    echo "error: ca-server did not start" >&2
-    exit 1
-}
-
 footprint() {
     install_missing openssl:openssl sqlite3:sqlite3 python3:python3
     cargo build --release --locked -p ca-server -p ca-agent
     local bin=target/release/ca-server agent=target/release/ca-agent
-    local tmp
-    tmp=$(mktemp -d)
-    local pids=()
-    cleanup() {
-        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-        wait 2>/dev/null || true
-        rm -rf "$tmp"
-    }
-    trap cleanup EXIT
+    scratch
     local fp
     fp=$(CA_LOG=error $bin init --data-dir "$tmp/ca" --policy policies/example.toml --insecure-no-passphrase --json 2>/dev/null \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["root_fingerprint"])')
