@@ -510,7 +510,7 @@ impl Acme {
         }
 
         // Provision, answer, and undo the provision whatever happens.
-        let _serial = if answers.is_empty() || cert.webroot.is_some() {
+        let _responder_turn = if answers.is_empty() || cert.webroot.is_some() {
             None
         } else {
             Some(RESPONDER_LOCK.lock().await)
