@@ -110,14 +110,7 @@ reload_command = ["sh", "-c", "echo $SERIAL $(openssl pkey -in \"$KEY_PATH\" -pu
 }
 
 fn reloads(out: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(out.with_extension("reloads"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        })
-        .collect()
+    support::reload_log(&out.with_extension("reloads"))
 }
 
 /// Waits (bounded) until the reload hook has run `n` times: it runs just after the status

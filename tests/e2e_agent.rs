@@ -197,15 +197,7 @@ fn wait_for(
 }
 
 fn reloads(cfg: &Path) -> Vec<(String, String)> {
-    let path = cfg.parent().expect("dir").join("reloads");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        })
-        .collect()
+    support::reload_log(&cfg.parent().expect("dir").join("reloads"))
 }
 
 fn write_token(cfg: &Path, token: &str) {

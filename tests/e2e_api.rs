@@ -61,23 +61,8 @@ impl Env {
     fn csr(&self, name: &str) -> (PathBuf, String) {
         let key = self.ca.path(&format!("{name}.key"));
         let csr = self.ca.path(&format!("{name}.csr"));
-        openssl([
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-keyout",
-            s(&key),
-            "-out",
-            s(&csr),
-            "-subj",
-            "/CN=ignored",
-        ])
-        .expect_code(0);
-        (key, std::fs::read_to_string(&csr).expect("csr"))
+        let pem = support::openssl_p256_csr(&key, &csr, "ignored");
+        (key, pem)
     }
 
     fn post(&self, path: &str, body: &str, client: Option<(&Path, &Path)>) -> Http {

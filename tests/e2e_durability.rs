@@ -60,28 +60,13 @@ fn sigkill_under_load_loses_no_acknowledged_certificate() {
     std::fs::write(&root, &bundle.stdout).expect("root");
     let key = ca.path("key.pem");
     let csr = ca.path("req.csr");
-    openssl([
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        s(&key),
-        "-out",
-        s(&csr),
-        "-subj",
-        "/CN=api",
-    ])
-    .expect_code(0);
+    let csr_pem = support::openssl_p256_csr(&key, &csr, "api");
     let body = ca.path("body.json");
     std::fs::write(
         &body,
         serde_json::json!({
             "token": token,
-            "csr": std::fs::read_to_string(&csr).expect("csr"),
+            "csr": csr_pem,
             "dns": [API_CI],
         })
         .to_string(),

@@ -130,22 +130,7 @@ fn unique() -> String {
 fn renew_status(pki: &Pki, cert: &Path, key: &Path) -> support::Http {
     let key2 = pki.ca.path(&format!("renew-{}.key", unique()));
     let csr = pki.ca.path(&format!("renew-{}.csr", unique()));
-    openssl([
-        "req",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-keyout",
-        s(&key2),
-        "-out",
-        s(&csr),
-        "-subj",
-        "/CN=x",
-    ])
-    .expect_code(0);
+    support::openssl_p256_csr(&key2, &csr, "x");
     let body = pki.ca.path(&format!("renew-{}.json", unique()));
     std::fs::write(
         &body,

@@ -27,6 +27,40 @@ pub fn openssl_verify_dir(dir: &Path) -> Run {
     ])
 }
 
+/// A fresh P-256 key (`key`) and CSR (`csr`, subject `/CN=cn`) made by openssl; returns the CSR
+/// PEM.
+pub fn openssl_p256_csr(key: &Path, csr: &Path, cn: &str) -> String {
+    openssl([
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-keyout",
+        s(key),
+        "-out",
+        s(csr),
+        "-subj",
+        &format!("/CN={cn}"),
+    ])
+    .expect_code(0);
+    std::fs::read_to_string(csr).expect("csr")
+}
+
+/// The `SERIAL KEYHASH` lines a test reload hook appended to `path` (none when it is missing).
+pub fn reload_log(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
 /// Permission bits of `path`.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
