@@ -107,6 +107,7 @@ pub struct Signer {
     cert_der: Vec<u8>,
     cert_pem: String,
     key: CaKey,
+    not_after: OffsetDateTime,
 }
 
 impl Signer {
@@ -119,10 +120,12 @@ impl Signer {
                 "key does not match the CA certificate".into(),
             ));
         }
+        let not_after = cert.validity().not_after.to_datetime();
         Ok(Signer {
             cert_pem: pem_encode("CERTIFICATE", &cert_der),
             cert_der,
             key,
+            not_after,
         })
     }
 
@@ -141,6 +144,8 @@ impl Signer {
         &self.key
     }
 
+    /// rcgen's issuer view; it borrows the key, so it is built (and the certificate parsed) per
+    /// signature rather than kept beside the key.
     fn rcgen_issuer(&self) -> Result<rcgen::Issuer<'static, &KeyPair>, AuthorityError> {
         Ok(rcgen::Issuer::from_ca_cert_der(
             &CertificateDer::from(self.cert_der.as_slice()),
@@ -148,10 +153,8 @@ impl Signer {
         )?)
     }
 
-    fn not_after(&self) -> Result<OffsetDateTime, AuthorityError> {
-        let (_, cert) = X509Certificate::from_der(&self.cert_der)
-            .map_err(|_| AuthorityError::Issuer("CA certificate does not parse".into()))?;
-        Ok(cert.validity().not_after.to_datetime())
+    fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 }
 
@@ -301,7 +304,7 @@ fn intermediate_params(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, AuthorityError> {
-    let not_after = not_after.min(root.not_after()?);
+    let not_after = not_after.min(root.not_after());
     if not_after <= not_before {
         return Err(AuthorityError::Issuer(
             "root expires before the intermediate would start".into(),
@@ -449,7 +452,7 @@ fn ocsp_aia(url: &str) -> CustomExtension {
 /// 3. Sign with the issuer key over the CSR's public key only.
 /// 4. Re-parse the result and verify it chains to the issuer and says what was asked.
 pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, AuthorityError> {
-    let not_after = spec.not_after.min(issuer.not_after()?);
+    let not_after = spec.not_after.min(issuer.not_after());
     if not_after <= spec.not_before {
         return Err(AuthorityError::Issuer(
             "issuer expires before the certificate would start".into(),
