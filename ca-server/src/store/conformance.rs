@@ -122,18 +122,18 @@ pub async fn run(store: &dyn Store) {
     for used in ["01", "02"] {
         assert!(
             matches!(
-                store.reserve_serial(&serial(used), 2_000).await,
+                store.reserve_serials(&[serial(used)], 2_000).await,
                 Err(StoreError::Conflict(_))
             ),
             "serial {used} of an authority must not be reusable"
         );
     }
     store
-        .reserve_serial(&serial("aa01"), 2_000)
+        .reserve_serials(&[serial("aa01")], 2_000)
         .await
         .expect("reserve");
     assert!(matches!(
-        store.reserve_serial(&serial("aa01"), 2_001).await,
+        store.reserve_serials(&[serial("aa01")], 2_001).await,
         Err(StoreError::Conflict(_))
     ));
 
@@ -175,7 +175,7 @@ pub async fn run(store: &dyn Store) {
     {
         let s = format!("aa1{i}");
         store
-            .reserve_serial(&serial(&s), 2_100)
+            .reserve_serials(&[serial(&s)], 2_100)
             .await
             .expect("reserve");
         let c = cert(&s, env, service, 2_100 + i as i64, *not_after);
@@ -338,7 +338,7 @@ async fn group_commit(store: &dyn Store) {
         "a batch holding a used serial is refused"
     );
     store
-        .reserve_serial(&serial("cc05"), 3_000)
+        .reserve_serials(&[serial("cc05")], 3_000)
         .await
         .expect("the refused batch reserved nothing");
 

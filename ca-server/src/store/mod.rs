@@ -424,8 +424,6 @@ pub trait Store: Send + Sync {
     async fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError>;
     /// One authority by id.
     async fn authority(&self, id: &str) -> Result<Option<AuthorityRecord>, StoreError>;
-    /// Reserves a serial; `Conflict` if it was ever used.
-    async fn reserve_serial(&self, serial: &Serial, at: i64) -> Result<(), StoreError>;
     /// Reserves several serials in one transaction, durable on return; `Conflict` (and nothing
     /// reserved) if any of them was ever used.
     async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError>;

@@ -211,6 +211,23 @@ async fn insert_certificate_row(
     }
 }
 
+/// Spends one use of token `id` if it is usable at `at`. One conditional UPDATE: SQLite
+/// serialises writers, so the check and the increment cannot interleave with another's.
+async fn spend_use<'e, E>(exec: E, id: &str, at: i64) -> Result<bool, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let done = sqlx::query(
+        "UPDATE tokens SET uses = uses + 1 \
+         WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
+    )
+    .bind(id)
+    .bind(at)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// One issuance of a batch: the token use (one conditional UPDATE), the row, the audit entry.
 /// A refused item (inner error) leaves nothing behind: SQLite undoes a failed statement by
 /// itself, and a token use spent for a row that was then refused is given back in the same
@@ -219,18 +236,10 @@ async fn commit_one(
     conn: &mut sqlx::SqliteConnection,
     item: &Issuance,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    if let Some(t) = &item.token {
-        let done = sqlx::query(
-            "UPDATE tokens SET uses = uses + 1 \
-             WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
-        )
-        .bind(&t.id)
-        .bind(t.at)
-        .execute(&mut *conn)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
-        }
+    if let Some(t) = &item.token
+        && !spend_use(&mut *conn, &t.id, t.at).await?
+    {
+        return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
     }
     match insert_certificate_row(conn, &item.cert).await {
         Ok(()) => {}
@@ -340,20 +349,6 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(authority_from_row).transpose()
-    }
-
-    async fn reserve_serial(&self, serial: &Serial, at: i64) -> Result<(), StoreError> {
-        let res = sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES (?, ?)")
-            .bind(serial.to_hex())
-            .bind(at)
-            .execute(&self.pool)
-            .await;
-        match res {
-            Err(e) if unique_violation(&e) => Err(StoreError::Conflict(format!(
-                "serial {serial} already used"
-            ))),
-            r => r.map(|_| ()).map_err(Into::into),
-        }
     }
 
     async fn insert_certificate(
@@ -508,17 +503,7 @@ impl Store for SqliteStore {
     }
 
     async fn spend_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        // One conditional UPDATE: SQLite serialises writers, so the check and the increment
-        // cannot interleave with another enrollment's.
-        let done = sqlx::query(
-            "UPDATE tokens SET uses = uses + 1 \
-             WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        spend_use(&self.pool, id, now).await
     }
 
     async fn list_tokens(&self, usable_at: Option<i64>) -> Result<Vec<TokenRecord>, StoreError> {
