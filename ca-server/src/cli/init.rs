@@ -1,0 +1,186 @@
+//! `init`: create the CA and its database.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde_json::json;
+
+use crate::clock::{Clock, SystemClock};
+use crate::duration::HumanDuration;
+use crate::error::ErrorKind;
+use crate::files;
+use crate::policy::Policy;
+use crate::service::{self, CaLifetimes};
+use crate::store::{SqliteStore, Store};
+
+use super::{Cli, CliError, CliResult, DB_FILE, actor, data_dir, io_err, read_passphrase};
+
+#[derive(Debug, Args)]
+pub(super) struct InitArgs {
+    /// Store CA keys unencrypted. Development only; every later command warns.
+    #[arg(long)]
+    insecure_no_passphrase: bool,
+    /// Write the root key to this new file instead of the database (offline root).
+    #[arg(long, value_name = "FILE")]
+    root_key_out: Option<PathBuf>,
+    /// Root validity.
+    #[arg(long, default_value = "10y", value_name = "DURATION")]
+    root_ttl: HumanDuration,
+    /// Intermediate validity (capped by the root's).
+    #[arg(long, default_value = "1y", value_name = "DURATION")]
+    intermediate_ttl: HumanDuration,
+    /// Host names and addresses the CA server may be reached by (repeatable). They become name
+    /// constraints of the intermediate that issues the server's own certificate.
+    #[arg(long = "server-name", value_name = "NAME", default_values_t = service::DEFAULT_SERVER_NAMES.map(String::from))]
+    server_names: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
+    let dir = data_dir(cli)?;
+    let policy_path = cli
+        .policy
+        .as_deref()
+        .ok_or_else(|| CliError::new(ErrorKind::BadRequest, "--policy is required for init"))?;
+    let policy_abs =
+        fs::canonicalize(policy_path).map_err(|e| io_err("cannot read policy", policy_path, e))?;
+    let policy = Policy::load(&policy_abs)?;
+    let passphrase = read_passphrase(cli)?;
+    match (&passphrase, a.insecure_no_passphrase) {
+        (Some(_), true) => {
+            return Err(CliError::new(
+                ErrorKind::BadRequest,
+                "--insecure-no-passphrase contradicts the passphrase given (--passphrase-file or CA_PASSPHRASE)",
+            ));
+        }
+        (None, false) => {
+            return Err(CliError::new(
+                ErrorKind::BadRequest,
+                "CA keys must be encrypted: give --passphrase-file FILE or set CA_PASSPHRASE \
+                 (or --insecure-no-passphrase for development)",
+            ));
+        }
+        _ => {}
+    }
+    let db = dir.join(DB_FILE);
+    if db.exists() {
+        return Err(CliError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} already holds a CA ({}); refusing to touch it",
+                dir.display(),
+                db.display()
+            ),
+        ));
+    }
+    if let Some(out) = &a.root_key_out
+        && out.exists()
+    {
+        return Err(CliError::new(
+            ErrorKind::Conflict,
+            format!(
+                "--root-key-out {} already exists; refusing to overwrite it",
+                out.display()
+            ),
+        ));
+    }
+    if a.insecure_no_passphrase {
+        eprintln!(
+            "warning: CA keys will be stored unencrypted (--insecure-no-passphrase); development only"
+        );
+    }
+
+    let built = service::build_ca(
+        &policy,
+        &policy_abs.to_string_lossy(),
+        passphrase.as_ref(),
+        CaLifetimes {
+            root: a.root_ttl.0,
+            intermediate: a.intermediate_ttl.0,
+        },
+        &a.server_names,
+        a.root_key_out.is_some(),
+        SystemClock.now(),
+        &actor(),
+    )?;
+
+    files::ensure_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
+    // Build the database under a temporary name and link it into place only when complete, so a
+    // failure leaves no half-made CA and a concurrent init cannot both succeed.
+    let tmp = dir.join(format!(".{DB_FILE}.init-{}", std::process::id()));
+    let cleanup = |p: &Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    };
+    cleanup(&tmp);
+    let result = async {
+        files::create_new(&tmp, files::PRIVATE).map_err(|e| io_err("cannot create", &tmp, e))?;
+        let store = SqliteStore::open(&tmp, false).await?;
+        store.initialize(&built.new_ca).await?;
+        store.close().await;
+        if let (Some(out), Some(key)) = (&a.root_key_out, &built.root_key_export) {
+            let mut f = files::create_new(out, files::PRIVATE)
+                .map_err(|e| io_err("cannot create", out, e))?;
+            f.write_all(
+                format!(
+                    "# ca-server offline root key for {}\n{key}\n",
+                    policy.trust_domain
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot write", out, e))?;
+        }
+        if let Err(e) = fs::hard_link(&tmp, &db) {
+            if let Some(out) = &a.root_key_out {
+                let _ = fs::remove_file(out);
+            }
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CliError::new(
+                    ErrorKind::Conflict,
+                    format!("{} already holds a CA", dir.display()),
+                )
+            } else {
+                io_err("cannot create", &db, e)
+            });
+        }
+        files::sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
+        Ok::<(), CliError>(())
+    }
+    .await;
+    cleanup(&tmp);
+    result?;
+
+    let envs: Vec<&str> = policy.environments.keys().map(String::as_str).collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "data_dir": dir,
+                "trust_domain": policy.trust_domain,
+                "root_fingerprint": built.root_fingerprint.to_hex(),
+                "environments": envs,
+                "keys_sealed": passphrase.is_some(),
+                "root_key_out": a.root_key_out,
+                "root_pem": built.root_pem,
+            })
+        );
+    } else {
+        println!(
+            "Created CA for trust domain {} in {}",
+            policy.trust_domain,
+            dir.display()
+        );
+        println!("Intermediates: {}", envs.join(", "));
+        if let Some(out) = &a.root_key_out {
+            println!("Root key written to {} (keep it offline)", out.display());
+        }
+        println!("Root SHA-256 fingerprint: {}", built.root_fingerprint);
+    }
+    Ok(())
+}
