@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one test command: installs the system tools the tests drive (openssl, curl, nginx, and pebble with
-# pebble-challtestsrv as the ACME peer), then runs every test of the workspace. Exits non-zero on any failure.
+# The one test command: installs the system tools the tests drive (openssl, curl, nginx, pebble with
+# pebble-challtestsrv as the ACME peer, PostgreSQL's server without a system cluster), then runs every
+# test of the workspace. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +11,19 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null 2>&1 || need+=(pebble)
+# PostgreSQL's server for the throwaway clusters of tests/support/postgres.rs (initdb in a temp dir).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# setpriv runs PostgreSQL as nobody when the tests run as root (it refuses to run as root).
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [[ " ${need[*]} " == *" postgresql "* ]]; then
+        # No system cluster: Debian would otherwise create and start "main" on port 5432.
+        $sudo mkdir -p /etc/postgresql-common/createcluster.d
+        echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.d/00-no-main.conf >/dev/null
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
