@@ -677,6 +677,7 @@ fn serve_refuses_bad_configuration_and_wrong_passphrases() {
         tmp: tempfile::tempdir().expect("tmp"),
         data: ca.data.clone(),
         passphrase_file: Some(wrong),
+        database_url: None,
     };
     bad.server(&["serve", "--listen", "127.0.0.1:0"])
         .expect_code(4)

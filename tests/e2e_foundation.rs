@@ -512,6 +512,7 @@ fn sealed_ca_needs_the_right_passphrase() {
         tmp: tempfile::tempdir().expect("tmp"),
         data: ca.data.clone(),
         passphrase_file: Some(wrong),
+        database_url: None,
     };
     let out2 = ca.path("out2");
     let run = bad.issue("dev", "api", &[API_DEV], &out2, &[]);

@@ -34,6 +34,8 @@ pub struct Policy {
     pub admins: Vec<String>,
     /// Limits on multi-use CI tokens.
     pub ci_tokens: CiTokenLimits,
+    /// SHA-256 (hex) of the policy text: servers sharing a database must serve the same one.
+    pub sha256: String,
 }
 
 /// One environment (dev, staging, prod, ...).
@@ -432,6 +434,7 @@ impl Policy {
             services,
             admins,
             ci_tokens,
+            sha256: crate::pki::Fingerprint::of(text.as_bytes()).to_hex(),
         })
     }
 

@@ -57,6 +57,17 @@ pub struct ServeConfig {
     /// notBefore of issued leaves lies this far in the past, to tolerate clock skew between
     /// hosts (it counts towards the lifetime agents see).
     pub backdate: HumanDuration,
+    /// PostgreSQL URL (`postgres://...`); `--database-url` and `CA_DATABASE_URL` win. Unset:
+    /// the SQLite database of the data directory.
+    pub database_url: Option<String>,
+    /// PostgreSQL pool settings (`[database]`).
+    pub database: crate::store::PgSettings,
+    /// How long a server's claim on a scheduled job's period holds before another server may
+    /// take the period over (longer than a run takes).
+    pub job_lease: HumanDuration,
+    /// The policy file this server serves (from the command line; not a config key).
+    #[serde(skip)]
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -75,6 +86,10 @@ impl Default for ServeConfig {
             crl_lookback: HumanDuration(Duration::days(7)),
             ocsp_validity: HumanDuration(Duration::hours(1)),
             backdate: HumanDuration(Duration::minutes(1)),
+            database_url: None,
+            database: crate::store::PgSettings::default(),
+            job_lease: HumanDuration(Duration::seconds(60)),
+            policy_file: None,
         }
     }
 }
@@ -135,7 +150,18 @@ impl ServeConfig {
         if self.ocsp_validity.0 < Duration::minutes(1) {
             return Err("ocsp_validity: must be at least 1m".into());
         }
-        Ok(())
+        if self.job_lease.0 < Duration::seconds(5) {
+            return Err("job_lease: must be at least 5s".into());
+        }
+        if let Some(url) = &self.database_url
+            && !crate::store::is_postgres_url(url)
+        {
+            return Err(
+                "database_url: only postgres:// or postgresql:// URLs (SQLite is the data directory)"
+                    .into(),
+            );
+        }
+        self.database.validate()
     }
 
     /// The CA options this configuration implies.
@@ -250,6 +276,19 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     ca.load_signers().await?;
+    let policy_file = cfg
+        .policy_file
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(&ca.settings().policy_path));
+    ca.check_policy_at_start(&policy_file.display().to_string())
+        .await?;
+    if ca.watch_revocations().await? {
+        tracing::info!("following revocations made by other servers on this database");
+    }
+    let policy_task = ca
+        .store()
+        .shared_by_servers()
+        .then(|| spawn_policy_follower(ca.clone(), policy_file));
     let ttl = cfg.server_cert_ttl.0;
     let first = ca.issue_server_cert(&cfg.server_names, ttl).await?;
     let mut next_renewal = renew_in(first.not_before, first.not_after, ca.now_unix());
@@ -287,7 +326,7 @@ pub async fn serve(
             tracing::warn!(%issuer, error = %e, "no fresh CRL at start-up");
         }
     }
-    let mut scheduler = start_scheduler(ca.clone(), &cfg.crl_refresh).await?;
+    let mut scheduler = start_scheduler(ca.clone(), &cfg.crl_refresh, cfg.job_lease.0).await?;
 
     let http_task = match cfg.http_listen {
         Some(addr) => {
@@ -415,6 +454,9 @@ pub async fn serve(
     }
     drop(listener);
     rotation.abort();
+    if let Some(t) = policy_task {
+        t.abort();
+    }
     if let Some(t) = http_task {
         t.abort();
     }
@@ -433,28 +475,99 @@ pub async fn serve(
     Ok(())
 }
 
+/// Servers sharing a database check every few seconds that they serve the published policy,
+/// switch to it when their file matches it, and complain loudly (log and the
+/// `ca_policy_mismatch` gauge) when it does not.
+fn spawn_policy_follower(
+    ca: Arc<Ca>,
+    policy_file: std::path::PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reported: Option<String> = None;
+        loop {
+            tokio::time::sleep(StdDuration::from_secs(5)).await;
+            match ca.follow_published_policy(&policy_file).await {
+                Ok(followed) => {
+                    metrics::gauge!("ca_policy_mismatch").set(0.0);
+                    reported = None;
+                    if let crate::service::PolicyFollow::Reloaded(sha) = followed {
+                        tracing::warn!(%sha, path = %policy_file.display(), "switched to the newly published policy");
+                    }
+                }
+                Err(e) => {
+                    metrics::gauge!("ca_policy_mismatch").set(1.0);
+                    let text = e.to_string();
+                    if reported.as_deref() != Some(text.as_str()) {
+                        tracing::error!(error = %text, "this server does not serve the published policy; the previous policy stays in force");
+                        reported = Some(text);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The period of a job fired at `now`: the latest tick of `cron` at or before it (a late or
+/// repeated firing lands in the same period, so it is claimed once across servers).
+fn job_period(cron: &croner::Cron, now: i64) -> Option<i64> {
+    let at = chrono::DateTime::from_timestamp(now, 0)?;
+    cron.find_previous_occurrence(&at, true)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
 async fn start_scheduler(
     ca: Arc<Ca>,
     cron: &str,
+    lease: Duration,
 ) -> Result<tokio_cron_scheduler::JobScheduler, ServeError> {
     use tokio_cron_scheduler::{Job, JobScheduler};
     let sched_err =
         |e: tokio_cron_scheduler::JobSchedulerError| ServeError::Scheduler(e.to_string());
+    let schedule = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(cron)
+        .map_err(|e| ServeError::Scheduler(format!("crl_refresh {cron:?}: {e}")))?;
+    let schedule = Arc::new(schedule);
     let scheduler = JobScheduler::new().await.map_err(sched_err)?;
     let job = Job::new_async(cron, move |_id, _lock| {
         let ca = ca.clone();
+        let schedule = schedule.clone();
         Box::pin(async move {
+            let Some(period) = job_period(&schedule, ca.now_unix()) else {
+                tracing::error!("no period for the scheduled job; skipped");
+                return;
+            };
+            let claim = match ca
+                .claim_job("crl-refresh", period, lease.whole_seconds())
+                .await
+            {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    tracing::debug!(period, "scheduled CRL refresh run by another server");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the scheduled CRL refresh");
+                    return;
+                }
+            };
             let results = ca.refresh_crls().await;
             let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
             tracing::info!(
                 reissued = ok,
                 failed = results.len() - ok,
+                period,
                 "scheduled CRL refresh"
             );
             match ca.prune_tokens().await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "expired enrollment tokens deleted"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "token pruning failed"),
+            }
+            if let Err(e) = ca.finish_job(&claim).await {
+                tracing::warn!(error = %e, "could not mark the scheduled CRL refresh done");
             }
         })
     })
@@ -487,6 +600,19 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_firing_lands_in_the_period_of_its_tick() {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse("0 */15 * * * *")
+            .expect("cron");
+        let tick = 1_700_000_100; // 22:15:00 UTC
+        assert_eq!(job_period(&cron, tick), Some(tick));
+        assert_eq!(job_period(&cron, tick + 7), Some(tick), "a late firing");
+        assert_eq!(job_period(&cron, tick + 15 * 60), Some(tick + 15 * 60));
+    }
 
     #[test]
     fn renewal_is_due_two_thirds_in() {

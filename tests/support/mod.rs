@@ -213,6 +213,8 @@ pub struct TestCa {
     pub tmp: tempfile::TempDir,
     pub data: PathBuf,
     pub passphrase_file: Option<PathBuf>,
+    /// When set, the CA lives in this PostgreSQL database instead of `data`.
+    pub database_url: Option<String>,
 }
 
 impl TestCa {
@@ -224,6 +226,38 @@ impl TestCa {
             tmp,
             data,
             passphrase_file: None,
+            database_url: None,
+        }
+    }
+
+    /// An uninitialised CA in the PostgreSQL database at `url`.
+    pub fn on_postgres(url: &str) -> TestCa {
+        TestCa {
+            database_url: Some(url.to_string()),
+            ..TestCa::new()
+        }
+    }
+
+    /// `--database-url URL` or `--data-dir DIR`, and the passphrase file when sealed.
+    fn locate(&self, c: &mut Command) {
+        match &self.database_url {
+            Some(url) => c.arg("--database-url").arg(url),
+            None => c.arg("--data-dir").arg(&self.data),
+        };
+        if let Some(pf) = &self.passphrase_file {
+            c.arg("--passphrase-file").arg(pf);
+        }
+        for var in [
+            "CA_DATA_DIR",
+            "CA_DATABASE_URL",
+            "CA_POLICY",
+            "CA_PASSPHRASE",
+            "CA_PASSPHRASE_FILE",
+            "CA_PUBLIC_URL",
+            "CA_LISTEN",
+            "CA_CONFIG",
+        ] {
+            c.env_remove(var);
         }
     }
 
@@ -290,19 +324,8 @@ impl TestCa {
     /// `ca-server ARGS --data-dir <data>` (plus the passphrase file when sealed).
     pub fn server(&self, args: &[&str]) -> Run {
         let mut c = Command::new(server_bin());
-        c.args(args).arg("--data-dir").arg(&self.data);
-        if let Some(pf) = &self.passphrase_file {
-            c.arg("--passphrase-file").arg(pf);
-        }
-        for var in [
-            "CA_DATA_DIR",
-            "CA_POLICY",
-            "CA_PASSPHRASE",
-            "CA_PASSPHRASE_FILE",
-            "CA_PUBLIC_URL",
-        ] {
-            c.env_remove(var);
-        }
+        c.args(args);
+        self.locate(&mut c);
         run_bounded(c, Duration::from_secs(60))
     }
 }
@@ -349,21 +372,8 @@ impl TestCa {
         if !extra.contains(&"--listen") {
             c.args(["--listen", "127.0.0.1:0"]);
         }
-        c.args(extra).arg("--data-dir").arg(&self.data);
-        if let Some(pf) = &self.passphrase_file {
-            c.arg("--passphrase-file").arg(pf);
-        }
-        for var in [
-            "CA_DATA_DIR",
-            "CA_POLICY",
-            "CA_PASSPHRASE",
-            "CA_PASSPHRASE_FILE",
-            "CA_PUBLIC_URL",
-            "CA_LISTEN",
-            "CA_CONFIG",
-        ] {
-            c.env_remove(var);
-        }
+        c.args(extra);
+        self.locate(&mut c);
         c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = c.spawn().expect("start ca-server serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -436,6 +446,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Sends a signal (`HUP`, `TERM`, ...) to the server.

@@ -5,9 +5,9 @@ use serde_json::json;
 
 use crate::clock::{Clock, SystemClock};
 use crate::duration::HumanDuration;
-use crate::store::{AuditEntry, Store};
+use crate::store::AuditEntry;
 
-use super::{Cli, CliResult, data_dir, open_store, rfc3339};
+use super::{Cli, CliResult, open_store, rfc3339};
 
 #[derive(Debug, Args)]
 pub(super) struct AuditArgs {
@@ -44,7 +44,7 @@ fn audit_line(e: &AuditEntry) -> String {
 }
 
 pub(super) async fn audit(cli: &Cli, a: &AuditArgs) -> CliResult<()> {
-    let store = open_store(data_dir(cli)?).await?;
+    let store = open_store(cli).await?;
     let since = a
         .since
         .map(|d| SystemClock.now().unix_timestamp() - d.0.whole_seconds());

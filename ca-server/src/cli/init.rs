@@ -13,9 +13,11 @@ use crate::error::ErrorKind;
 use crate::files;
 use crate::policy::Policy;
 use crate::service::{self, CaLifetimes};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgSettings, PgStore, SqliteStore, Store};
 
-use super::{Cli, CliError, CliResult, DB_FILE, actor, data_dir, io_err, read_passphrase};
+use super::{
+    Cli, CliError, CliResult, DB_FILE, Location, actor, io_err, location, read_passphrase,
+};
 
 #[derive(Debug, Args)]
 pub(super) struct InitArgs {
@@ -41,7 +43,7 @@ pub(super) struct InitArgs {
 }
 
 pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
-    let dir = data_dir(cli)?;
+    let place = location(cli)?;
     let policy_path = cli
         .policy
         .as_deref()
@@ -66,16 +68,18 @@ pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
         }
         _ => {}
     }
-    let db = dir.join(DB_FILE);
-    if db.exists() {
-        return Err(CliError::new(
-            ErrorKind::Conflict,
-            format!(
-                "{} already holds a CA ({}); refusing to touch it",
-                dir.display(),
-                db.display()
-            ),
-        ));
+    if let Location::Dir(dir) = place {
+        let db = dir.join(DB_FILE);
+        if db.exists() {
+            return Err(CliError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} already holds a CA ({}); refusing to touch it",
+                    dir.display(),
+                    db.display()
+                ),
+            ));
+        }
     }
     if let Some(out) = &a.root_key_out
         && out.exists()
@@ -108,6 +112,69 @@ pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
         &actor(),
     )?;
 
+    let root_key_text = built.root_key_export.as_ref().map(|key| {
+        format!(
+            "# ca-server offline root key for {}\n{}\n",
+            policy.trust_domain,
+            key.as_str()
+        )
+    });
+    match place {
+        Location::Dir(dir) => {
+            init_sqlite(dir, &built.new_ca, a, root_key_text.as_deref()).await?;
+        }
+        Location::Postgres(url) => {
+            init_postgres(url, &built.new_ca, a, root_key_text.as_deref()).await?;
+        }
+    }
+
+    let envs: Vec<&str> = policy.environments.keys().map(String::as_str).collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "data_dir": match place { Location::Dir(d) => Some(d), Location::Postgres(_) => None },
+                "database": place.describe(),
+                "trust_domain": policy.trust_domain,
+                "root_fingerprint": built.root_fingerprint.to_hex(),
+                "environments": envs,
+                "keys_sealed": passphrase.is_some(),
+                "root_key_out": a.root_key_out,
+                "root_pem": built.root_pem,
+            })
+        );
+    } else {
+        println!(
+            "Created CA for trust domain {} in {}",
+            policy.trust_domain,
+            place.describe()
+        );
+        println!("Intermediates: {}", envs.join(", "));
+        if let Some(out) = &a.root_key_out {
+            println!("Root key written to {} (keep it offline)", out.display());
+        }
+        println!("Root SHA-256 fingerprint: {}", built.root_fingerprint);
+    }
+    Ok(())
+}
+
+/// Writes the offline root key to a new 0600 file, flushed.
+fn write_root_key(out: &Path, text: &str) -> CliResult<()> {
+    let mut f =
+        files::create_new(out, files::PRIVATE).map_err(|e| io_err("cannot create", out, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_err("cannot write", out, e))
+}
+
+/// Creates the SQLite database of `dir`, all or nothing.
+async fn init_sqlite(
+    dir: &Path,
+    new_ca: &crate::store::NewCa,
+    a: &InitArgs,
+    root_key: Option<&str>,
+) -> CliResult<()> {
+    let db = dir.join(DB_FILE);
     files::ensure_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
     // Build the database under a temporary name and link it into place only when complete, so a
     // failure leaves no half-made CA and a concurrent init cannot both succeed.
@@ -121,20 +188,10 @@ pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
     let result = async {
         files::create_new(&tmp, files::PRIVATE).map_err(|e| io_err("cannot create", &tmp, e))?;
         let store = SqliteStore::open(&tmp, false).await?;
-        store.initialize(&built.new_ca).await?;
+        store.initialize(new_ca).await?;
         store.close().await;
-        if let (Some(out), Some(key)) = (&a.root_key_out, &built.root_key_export) {
-            let mut f = files::create_new(out, files::PRIVATE)
-                .map_err(|e| io_err("cannot create", out, e))?;
-            f.write_all(
-                format!(
-                    "# ca-server offline root key for {}\n{key}\n",
-                    policy.trust_domain
-                )
-                .as_bytes(),
-            )
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err("cannot write", out, e))?;
+        if let (Some(out), Some(key)) = (&a.root_key_out, root_key) {
+            write_root_key(out, key)?;
         }
         if let Err(e) = fs::hard_link(&tmp, &db) {
             if let Some(out) = &a.root_key_out {
@@ -156,31 +213,41 @@ pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
     cleanup(&tmp);
     result?;
 
-    let envs: Vec<&str> = policy.environments.keys().map(String::as_str).collect();
-    if a.json {
-        println!(
-            "{}",
-            json!({
-                "data_dir": dir,
-                "trust_domain": policy.trust_domain,
-                "root_fingerprint": built.root_fingerprint.to_hex(),
-                "environments": envs,
-                "keys_sealed": passphrase.is_some(),
-                "root_key_out": a.root_key_out,
-                "root_pem": built.root_pem,
-            })
-        );
-    } else {
-        println!(
-            "Created CA for trust domain {} in {}",
-            policy.trust_domain,
-            dir.display()
-        );
-        println!("Intermediates: {}", envs.join(", "));
-        if let Some(out) = &a.root_key_out {
-            println!("Root key written to {} (keep it offline)", out.display());
-        }
-        println!("Root SHA-256 fingerprint: {}", built.root_fingerprint);
-    }
     Ok(())
+}
+
+/// Creates the CA in a PostgreSQL database: migrates it (an empty database is fine), then
+/// writes everything in one transaction. The offline root key is written first, so a committed
+/// CA never lacks it; it is removed again if the CA cannot be written.
+async fn init_postgres(
+    url: &str,
+    new_ca: &crate::store::NewCa,
+    a: &InitArgs,
+    root_key: Option<&str>,
+) -> CliResult<()> {
+    let store = PgStore::connect(url, &PgSettings::default()).await?;
+    let result = async {
+        store.migrate().await?;
+        if store.settings().await?.is_some() {
+            return Err(CliError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} already holds a CA; refusing to touch it",
+                    crate::store::redact_url(url)
+                ),
+            ));
+        }
+        if let (Some(out), Some(key)) = (&a.root_key_out, root_key) {
+            write_root_key(out, key)?;
+        }
+        store.initialize(new_ca).await.map_err(|e| {
+            if let Some(out) = &a.root_key_out {
+                let _ = fs::remove_file(out);
+            }
+            CliError::from(e)
+        })
+    }
+    .await;
+    store.close().await;
+    result
 }

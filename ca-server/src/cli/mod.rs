@@ -16,11 +16,12 @@ use crate::error::{Classify, ErrorKind};
 use crate::policy::Policy;
 use crate::sealed::Passphrase;
 use crate::service::{Ca, CaOptions};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgSettings, PgStore, SqliteStore, Store};
 
 mod audit;
 mod certs;
 mod init;
+mod migrate;
 mod policy;
 mod revoke;
 mod serve;
@@ -29,7 +30,8 @@ mod tokens;
 use audit::{AuditArgs, audit};
 use certs::{BundleArgs, CertsCommand, IssueArgs, bundle, certs_list, certs_show, issue};
 use init::{InitArgs, init};
-use policy::{PolicyCommand, policy_check, policy_explain};
+use migrate::{MigrateArgs, migrate};
+use policy::{PolicyCommand, policy_check, policy_explain, policy_publish};
 use revoke::{CrlArgs, RevokeArgs, crl, revoke};
 use serve::{ServeArgs, serve};
 use tokens::{TokenCommand, token_create, token_list, token_revoke};
@@ -41,9 +43,19 @@ pub const DB_FILE: &str = "ca.db";
 #[derive(Debug, Parser)]
 #[command(name = "ca-server", version, about, long_about = None)]
 pub struct Cli {
-    /// Data directory holding the CA database.
+    /// Data directory holding the CA database (SQLite).
     #[arg(long, global = true, env = "CA_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL database holding the CA, shared by several servers (`postgres://...`); used
+    /// instead of --data-dir.
+    #[arg(
+        long,
+        global = true,
+        env = "CA_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// Policy file; defaults to the one recorded at `init`.
     #[arg(long, global = true, env = "CA_POLICY", value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -61,6 +73,8 @@ pub struct Cli {
 enum Command {
     /// Create a CA: root, one intermediate per policy environment, and the database.
     Init(InitArgs),
+    /// Bring the database schema up to date (PostgreSQL servers never migrate by themselves).
+    Migrate(MigrateArgs),
     /// Validate or query the issuance policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -170,8 +184,10 @@ fn rfc3339(unix: i64) -> String {
 pub async fn run(cli: Cli) -> CliResult<()> {
     match &cli.command {
         Command::Init(a) => init(&cli, a).await,
+        Command::Migrate(a) => migrate(&cli, a).await,
         Command::Policy(PolicyCommand::Check) => policy_check(&cli).await,
         Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&cli, a).await,
+        Command::Policy(PolicyCommand::Publish) => policy_publish(&cli).await,
         Command::Issue(a) => issue(&cli, a).await,
         Command::Certs(CertsCommand::List(a)) => certs_list(&cli, a).await,
         Command::Certs(CertsCommand::Show(a)) => certs_show(&cli, a).await,
@@ -186,13 +202,37 @@ pub async fn run(cli: Cli) -> CliResult<()> {
     }
 }
 
-fn data_dir(cli: &Cli) -> CliResult<&Path> {
-    cli.data_dir.as_deref().ok_or_else(|| {
-        CliError::new(
+/// Where the CA lives: a SQLite data directory, or a PostgreSQL database.
+#[derive(Debug, Clone, Copy)]
+enum Location<'a> {
+    Dir(&'a Path),
+    Postgres(&'a str),
+}
+
+impl Location<'_> {
+    /// For messages: the directory, or the URL without its password.
+    fn describe(&self) -> String {
+        match self {
+            Location::Dir(d) => d.display().to_string(),
+            Location::Postgres(url) => crate::store::redact_url(url),
+        }
+    }
+}
+
+/// The CA's location: `--database-url` when given (it must be PostgreSQL), else `--data-dir`.
+fn location(cli: &Cli) -> CliResult<Location<'_>> {
+    match (&cli.database_url, &cli.data_dir) {
+        (Some(url), _) if crate::store::is_postgres_url(url) => Ok(Location::Postgres(url)),
+        (Some(_), _) => Err(CliError::new(
             ErrorKind::BadRequest,
-            "--data-dir (or CA_DATA_DIR) is required",
-        )
-    })
+            "--database-url (CA_DATABASE_URL) must be a postgres:// URL; for SQLite give --data-dir",
+        )),
+        (None, Some(dir)) => Ok(Location::Dir(dir)),
+        (None, None) => Err(CliError::new(
+            ErrorKind::BadRequest,
+            "--data-dir (or CA_DATA_DIR) is required, or --database-url (CA_DATABASE_URL) for PostgreSQL",
+        )),
+    }
 }
 
 fn read_passphrase(cli: &Cli) -> CliResult<Option<Passphrase>> {
@@ -209,7 +249,8 @@ fn read_passphrase(cli: &Cli) -> CliResult<Option<Passphrase>> {
     }
 }
 
-async fn open_store(dir: &Path) -> CliResult<Arc<SqliteStore>> {
+/// The database file of the CA in `dir`; `NotFound` when there is none.
+fn sqlite_db(dir: &Path) -> CliResult<PathBuf> {
     let db = dir.join(DB_FILE);
     if !db.is_file() {
         return Err(CliError::new(
@@ -220,7 +261,27 @@ async fn open_store(dir: &Path) -> CliResult<Arc<SqliteStore>> {
             ),
         ));
     }
-    Ok(Arc::new(SqliteStore::open(&db, false).await?))
+    Ok(db)
+}
+
+async fn open_sqlite(dir: &Path) -> CliResult<Arc<SqliteStore>> {
+    Ok(Arc::new(SqliteStore::open(&sqlite_db(dir)?, false).await?))
+}
+
+/// Opens the CA's store; PostgreSQL with default pool settings.
+async fn open_store(cli: &Cli) -> CliResult<Arc<dyn Store>> {
+    open_store_at(location(cli)?, &PgSettings::default()).await
+}
+
+/// Opens the store at `place`; PostgreSQL with `pg` pool settings, its schema checked (not
+/// migrated).
+async fn open_store_at(place: Location<'_>, pg: &PgSettings) -> CliResult<Arc<dyn Store>> {
+    Ok(match place {
+        Location::Dir(dir) => open_sqlite(dir).await?,
+        Location::Postgres(url) => Arc::new(PgStore::open(url, pg).await.map_err(|e| {
+            CliError::new(e.kind(), format!("{}: {e}", crate::store::redact_url(url)))
+        })?),
+    })
 }
 
 /// Opens the CA of the data directory with the recorded (or overriding) policy.
@@ -229,21 +290,27 @@ async fn open_ca(cli: &Cli) -> CliResult<Ca> {
         public_url: cli.public_url.clone(),
         ..CaOptions::default()
     };
-    open_ca_with(cli, options).await
+    open_ca_with(cli, location(cli)?, options, &PgSettings::default()).await
 }
 
 /// [`open_ca`] with explicit options (`serve` derives them from its configuration).
-async fn open_ca_with(cli: &Cli, options: CaOptions) -> CliResult<Ca> {
-    let dir = data_dir(cli)?;
-    let store = open_store(dir).await?;
-    let settings = store
-        .settings()
-        .await?
-        .ok_or_else(|| CliError::new(ErrorKind::NotFound, format!("no CA in {}", dir.display())))?;
+async fn open_ca_with(
+    cli: &Cli,
+    place: Location<'_>,
+    options: CaOptions,
+    pg: &PgSettings,
+) -> CliResult<Ca> {
+    let store = open_store_at(place, pg).await?;
+    let place = place.describe();
+    let settings = store.settings().await?.ok_or_else(|| {
+        CliError::new(
+            ErrorKind::NotFound,
+            format!("no CA in {place}; run `ca-server init` first"),
+        )
+    })?;
     if !settings.keys_sealed {
         eprintln!(
-            "warning: CA keys in {} are stored unencrypted (created with --insecure-no-passphrase); development only",
-            dir.display()
+            "warning: CA keys in {place} are stored unencrypted (created with --insecure-no-passphrase); development only"
         );
     }
     let policy_path = cli

@@ -9,9 +9,8 @@ use crate::duration::HumanDuration;
 use crate::error::ErrorKind;
 use crate::pki::{Identity, KeyType};
 use crate::policy::{IssueRequest, Policy};
-use crate::store::Store;
 
-use super::{Cli, CliError, CliResult, data_dir, open_store};
+use super::{Cli, CliError, CliResult, actor, open_ca, open_store};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PolicyCommand {
@@ -19,6 +18,9 @@ pub(super) enum PolicyCommand {
     Check,
     /// Show whether a request would be allowed, with final names and TTL, or the refusing rule.
     Explain(ExplainArgs),
+    /// Make the policy file (--policy, else the one recorded at init) the one every server must
+    /// serve; servers sharing the database switch to it once their own file matches.
+    Publish,
 }
 
 #[derive(Debug, Args)]
@@ -47,8 +49,8 @@ async fn load_policy_for_cli(cli: &Cli) -> CliResult<Policy> {
     if let Some(p) = &cli.policy {
         return Ok(Policy::load(p)?);
     }
-    if cli.data_dir.is_some() {
-        let store = open_store(data_dir(cli)?).await?;
+    if cli.data_dir.is_some() || cli.database_url.is_some() {
+        let store = open_store(cli).await?;
         if let Some(s) = store.settings().await? {
             return Ok(Policy::load(Path::new(&s.policy_path))?);
         }
@@ -57,6 +59,13 @@ async fn load_policy_for_cli(cli: &Cli) -> CliResult<Policy> {
         ErrorKind::BadRequest,
         "give --policy FILE (or --data-dir of a CA to use its recorded policy)",
     ))
+}
+
+pub(super) async fn policy_publish(cli: &Cli) -> CliResult<()> {
+    let ca = open_ca(cli).await?;
+    let sha256 = ca.publish_policy(&actor()).await?;
+    println!("published policy sha256 {sha256}");
+    Ok(())
 }
 
 pub(super) async fn policy_check(cli: &Cli) -> CliResult<()> {

@@ -11,7 +11,7 @@ use crate::policy::Policy;
 use crate::server::ServeConfig;
 use crate::service::Ca;
 
-use super::{Cli, CliError, CliResult, open_ca_with};
+use super::{Cli, CliError, CliResult, Location, location, open_ca_with};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -54,7 +54,13 @@ pub(super) async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
     }
     cfg.validate()
         .map_err(|m| CliError::new(ErrorKind::BadRequest, m))?;
-    let ca = Arc::new(open_ca_with(cli, cfg.ca_options()).await?);
+    // --database-url, CA_DATABASE_URL and --data-dir win over a URL in the config file.
+    let place = match (&cfg.database_url, &cli.database_url, &cli.data_dir) {
+        (Some(url), None, None) => Location::Postgres(url),
+        _ => location(cli)?,
+    };
+    cfg.policy_file = cli.policy.clone();
+    let ca = Arc::new(open_ca_with(cli, place, cfg.ca_options(), &cfg.database).await?);
     spawn_policy_reloader(ca.clone(), cli.policy.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[

@@ -236,6 +236,7 @@ pub fn build_ca(
                 root_offline,
                 server_names: server_names.to_vec(),
                 created_at: ts,
+                policy_sha256: Some(policy.sha256.clone()),
             },
             authorities,
             audit: AuditEntry {

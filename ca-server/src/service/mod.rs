@@ -32,7 +32,7 @@ use crate::policy::{Decision, IssueRequest, Policy, PolicyError, PolicyViolation
 use crate::sealed::{self, Passphrase, SealError};
 use crate::store::{
     AuditEntry, AuditResult, AuthorityRecord, CaSettings, CertificateFilter, CertificateRecord,
-    Issuance, IssuedVia, Store, StoreError, TokenUse,
+    Issuance, IssuedVia, JobClaim, Store, StoreError, TokenUse,
 };
 
 /// Id of the root in the authorities table.
@@ -94,6 +94,20 @@ pub enum ServiceError {
     /// An argument is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// This server's policy file is not the one the servers sharing the database serve.
+    #[error(
+        "the policy file {path} (sha256 {file}) differs from the policy published in the database \
+         (sha256 {published}), which the other servers serve: give this server the same file, or, if \
+         this file is the new policy, run `ca-server policy publish` with it first"
+    )]
+    PolicyMismatch {
+        /// The policy file.
+        path: String,
+        /// Its hash.
+        file: String,
+        /// The published hash.
+        published: String,
+    },
 }
 
 impl Classify for ServiceError {
@@ -112,6 +126,7 @@ impl Classify for ServiceError {
             ServiceError::Token(_) | ServiceError::Unauthenticated(_) => ErrorKind::Unauthorized,
             ServiceError::Forbidden(_) => ErrorKind::Denied,
             ServiceError::Invalid(_) => ErrorKind::BadRequest,
+            ServiceError::PolicyMismatch { .. } => ErrorKind::Conflict,
         }
     }
 }
@@ -224,6 +239,26 @@ pub struct Ca {
     serials: commit::SerialPool,
     committer: commit::GroupCommitter,
     root_pem: tokio::sync::OnceCell<String>,
+    replica: String,
+}
+
+/// What [`Ca::follow_published_policy`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyFollow {
+    /// The published policy is the one in force.
+    InSync,
+    /// Switched to the published policy (its hash).
+    Reloaded(String),
+}
+
+/// `host:pid`, naming this server among those sharing a database.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 impl std::fmt::Debug for Ca {
@@ -265,6 +300,7 @@ impl Ca {
             serials: commit::SerialPool::new(commit::SERIAL_BLOCK),
             committer: commit::GroupCommitter::spawn(store.clone()),
             root_pem: tokio::sync::OnceCell::new(),
+            replica: replica_name(),
             store,
         })
     }
@@ -294,20 +330,150 @@ impl Ca {
         for env in policy.environments.keys() {
             self.authority(env).await?;
         }
+        let sha256 = policy.sha256.clone();
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.publish_policy_hash(&sha256, "ca-server", "policy-reload")
+            .await
+    }
+
+    /// Records `sha256` in the store as the policy every server must serve, audited.
+    async fn publish_policy_hash(
+        &self,
+        sha256: &str,
+        actor: &str,
+        action: &str,
+    ) -> Result<(), ServiceError> {
+        let audit = AuditEntry {
+            id: 0,
+            at: self.now_unix(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            env: None,
+            service: None,
+            serial: None,
+            result: AuditResult::Ok,
+            reason: Some(format!("policy sha256 {sha256}")),
+        };
+        Ok(self.store.publish_policy(sha256, &audit).await?)
+    }
+
+    /// Makes the policy in force the one every server must serve (`ca-server policy publish`).
+    pub async fn publish_policy(&self, actor: &str) -> Result<String, ServiceError> {
+        let policy = self.policy();
+        for env in policy.environments.keys() {
+            self.authority(env).await?;
+        }
+        self.publish_policy_hash(&policy.sha256, actor, "policy-publish")
+            .await?;
+        Ok(policy.sha256.clone())
+    }
+
+    /// At start-up: a server whose policy file differs from the published one refuses to serve
+    /// when the database is shared by several servers (a lone server's file simply becomes the
+    /// published policy, as an edit followed by a restart means). Nothing published yet: this
+    /// policy is.
+    pub async fn check_policy_at_start(&self, policy_path: &str) -> Result<(), ServiceError> {
+        let ours = self.policy().sha256.clone();
+        let published = self
+            .store
+            .settings()
+            .await?
+            .ok_or(ServiceError::NotInitialized)?
+            .policy_sha256;
+        match published {
+            Some(p) if p == ours => Ok(()),
+            Some(p) if self.store.shared_by_servers() => Err(ServiceError::PolicyMismatch {
+                path: policy_path.to_string(),
+                file: ours,
+                published: p,
+            }),
+            _ => {
+                self.publish_policy_hash(&ours, "ca-server", "policy-publish")
+                    .await
+            }
+        }
+    }
+
+    /// Follows a policy published by another server: when the published hash is not the one in
+    /// force, re-reads `path` and switches to it if it is the published policy; otherwise
+    /// reports the mismatch (the old policy stays in force).
+    pub async fn follow_published_policy(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<PolicyFollow, ServiceError> {
+        let ours = self.policy().sha256.clone();
+        let Some(published) = self
+            .store
+            .settings()
+            .await?
+            .ok_or(ServiceError::NotInitialized)?
+            .policy_sha256
+        else {
+            return Ok(PolicyFollow::InSync);
+        };
+        if published == ours {
+            return Ok(PolicyFollow::InSync);
+        }
+        let policy = Policy::load(path)?;
+        if policy.sha256 != published {
+            return Err(ServiceError::PolicyMismatch {
+                path: path.display().to_string(),
+                file: policy.sha256,
+                published,
+            });
+        }
+        if policy.trust_domain != self.settings.trust_domain {
+            return Err(ServiceError::TrustDomainChanged {
+                recorded: self.settings.trust_domain.clone(),
+                policy: policy.trust_domain,
+            });
+        }
+        for env in policy.environments.keys() {
+            self.authority(env).await?;
+        }
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         self.audit(AuditEntry {
             id: 0,
             at: self.now_unix(),
-            actor: "ca-server".into(),
+            actor: self.replica.clone(),
             action: "policy-reload".into(),
             env: None,
             service: None,
             serial: None,
             result: AuditResult::Ok,
-            reason: None,
+            reason: Some(format!("followed the published policy sha256 {published}")),
         })
         .await;
-        Ok(())
+        Ok(PolicyFollow::Reloaded(published))
+    }
+
+    /// This server's name in job claims and audit entries (`host:pid`).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Claims period `period` of `job` for this server, with a lease of `lease_secs`;
+    /// `None` if another server has it (or had it and finished).
+    pub async fn claim_job(
+        &self,
+        job: &str,
+        period: i64,
+        lease_secs: i64,
+    ) -> Result<Option<JobClaim>, ServiceError> {
+        let now = self.now_unix();
+        let claim = JobClaim {
+            job: job.to_string(),
+            period,
+            owner: self.replica.clone(),
+            now,
+            lease_until: now + lease_secs,
+        };
+        Ok(self.store.claim_job(&claim).await?.then_some(claim))
+    }
+
+    /// Marks a claimed period done.
+    pub async fn finish_job(&self, claim: &JobClaim) -> Result<(), ServiceError> {
+        Ok(self.store.finish_job(claim, self.now_unix()).await?)
     }
 
     /// The store.

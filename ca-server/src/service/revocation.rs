@@ -13,7 +13,8 @@ use crate::authority::Signer;
 use crate::ocsp;
 use crate::pki::{Identity, RevocationReason, Serial};
 use crate::store::{
-    AuditEntry, AuditResult, CertStatus, CertificateFilter, CertificateRecord, CrlRecord,
+    AuditEntry, AuditResult, CertStatus, CertificateFilter, CertificateRecord, CrlDraft, CrlRecord,
+    RevokedEntry,
 };
 
 /// What to revoke.
@@ -48,8 +49,10 @@ pub(crate) struct CachedOcsp {
 
 /// Most OCSP answers kept; the cache is emptied when full.
 const OCSP_CACHE_MAX: usize = 10_000;
-/// How long a cached OCSP answer is served, at most (bounds staleness across replicas).
-const OCSP_CACHE_SECS: i64 = 60;
+/// How long a cached OCSP answer is served, at most: the backstop bounding staleness when a
+/// revocation on another server was not announced (a local one, or a notice from the database,
+/// empties the cache at once).
+const OCSP_CACHE_SECS: i64 = 1;
 
 fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -182,6 +185,19 @@ impl Ca {
             .ok_or_else(|| ServiceError::NotFound("nothing revoked".into()))
     }
 
+    /// Subscribes to revocations made by other servers on the same database, so cached answers
+    /// are dropped at once; `false` when the store has no such feed (caches then expire within
+    /// a second).
+    pub async fn watch_revocations(self: &std::sync::Arc<Self>) -> Result<bool, ServiceError> {
+        let ca = std::sync::Arc::downgrade(self);
+        let hook: crate::store::ChangeHook = std::sync::Arc::new(move || {
+            if let Some(ca) = ca.upgrade() {
+                ca.revocation_epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Ok(self.store().watch_revocations(hook).await?)
+    }
+
     /// A counter bumped on every revocation (caches compare against it).
     pub fn revocation_epoch(&self) -> u64 {
         self.revocation_epoch.load(Ordering::SeqCst)
@@ -218,55 +234,58 @@ impl Ca {
         signer: &Signer,
     ) -> Result<CrlRecord, ServiceError> {
         let now = self.now_unix();
-        let (validity, entries) = if issuer_id == ROOT_ID {
+        let (validity, entries_after) = if issuer_id == ROOT_ID {
             // The root issues only intermediates, which are not revocable yet: an empty, signed,
             // current CRL is still what relying parties that check the whole chain need.
-            (self.options.root_crl_validity, Vec::new())
+            (self.options.root_crl_validity, None)
         } else {
-            let cutoff = now - self.options.crl_lookback.whole_seconds();
             (
                 self.options.crl_validity,
-                self.store().revoked_entries(issuer_id, cutoff).await?,
+                Some(now - self.options.crl_lookback.whole_seconds()),
             )
         };
-        let mut revoked = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let serial: Serial = e.serial.parse().map_err(|_| {
-                ServiceError::Invalid(format!("stored serial {:?} is not hex", e.serial))
-            })?;
-            revoked.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(serial.as_bytes()),
-                revocation_time: to_datetime(e.revoked_at),
-                reason_code: rcgen_reason(&e.reason),
-                invalidity_date: None,
-            });
-        }
-        let number = self.store().next_crl_number(issuer_id).await?;
-        let params = CertificateRevocationListParams {
-            this_update: to_datetime(now),
-            next_update: to_datetime(now + validity.whole_seconds()),
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs: revoked,
-            key_identifier_method: KeyIdMethod::Sha256,
+        let draft = CrlDraft {
+            issuer_id: issuer_id.to_string(),
+            this_update: now,
+            next_update: now + validity.whole_seconds(),
+            entries_after,
         };
         let issuer = rcgen::Issuer::from_ca_cert_der(
             &CertificateDer::from(signer.cert_der()),
             signer.key().key_pair(),
         )
         .map_err(|e| ServiceError::Authority(e.into()))?;
-        let crl = params
-            .signed_by(&issuer)
-            .map_err(|e| ServiceError::Authority(e.into()))?;
-        let record = CrlRecord {
-            issuer_id: issuer_id.to_string(),
-            number,
-            this_update: now,
-            next_update: now + validity.whole_seconds(),
-            der: crl.der().to_vec(),
+        // Signed inside the store's transaction, which holds the issuer's CRL counter: CRL numbers
+        // follow the order of generation on every server, and each lists every revocation
+        // committed before it.
+        let sign = |number: i64, entries: &[RevokedEntry]| -> Result<Vec<u8>, String> {
+            let mut revoked = Vec::with_capacity(entries.len());
+            for e in entries {
+                let serial: Serial = e
+                    .serial
+                    .parse()
+                    .map_err(|_| format!("stored serial {:?} is not hex", e.serial))?;
+                revoked.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial.as_bytes()),
+                    revocation_time: to_datetime(e.revoked_at),
+                    reason_code: rcgen_reason(&e.reason),
+                    invalidity_date: None,
+                });
+            }
+            let params = CertificateRevocationListParams {
+                this_update: to_datetime(draft.this_update),
+                next_update: to_datetime(draft.next_update),
+                crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+                issuing_distribution_point: None,
+                revoked_certs: revoked,
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            params
+                .signed_by(&issuer)
+                .map(|crl| crl.der().to_vec())
+                .map_err(|e| e.to_string())
         };
-        self.store().save_crl(&record).await?;
-        Ok(record)
+        Ok(self.store().generate_crl(&draft, &sign).await?)
     }
 
     /// The current CRL of `issuer_id`: the stored one while it is fresh, else a new one.

@@ -3,8 +3,8 @@
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlRecord, Issuance, IssuedVia, NewCa, RevokedEntry,
-    Store, StoreError, TokenRecord, TokenUse,
+    CertificateFilter, CertificateRecord, CrlDraft, Issuance, IssuedVia, JobClaim, NewCa,
+    RevokedEntry, Store, StoreError, TokenRecord, TokenUse,
 };
 use crate::pki::Serial;
 
@@ -88,6 +88,7 @@ pub async fn run(store: &dyn Store) {
         root_offline: false,
         server_names: vec!["localhost".into(), "127.0.0.1".into()],
         created_at: 1_000,
+        policy_sha256: Some("ab".repeat(32)),
     };
     let ca = NewCa {
         settings: settings.clone(),
@@ -303,6 +304,92 @@ pub async fn run(store: &dyn Store) {
     tokens(store).await;
     revocation(store, now).await;
     group_commit(store).await;
+    jobs(store).await;
+    policy(store).await;
+}
+
+async fn jobs(store: &dyn Store) {
+    let claim = |owner: &str, period: i64, now: i64| JobClaim {
+        job: "crl-refresh".into(),
+        period,
+        owner: owner.into(),
+        now,
+        lease_until: now + 60,
+    };
+    assert!(store.claim_job(&claim("a", 900, 900)).await.expect("claim"));
+    assert!(
+        !store.claim_job(&claim("b", 900, 901)).await.expect("claim"),
+        "a period is claimed once"
+    );
+    assert!(
+        !store
+            .claim_job(&claim("b", 1_800, 950))
+            .await
+            .expect("claim"),
+        "no overlap: the next period waits while the last run holds its lease"
+    );
+    store
+        .finish_job(&claim("a", 900, 900), 905)
+        .await
+        .expect("finish");
+    assert!(
+        !store
+            .claim_job(&claim("b", 900, 2_000))
+            .await
+            .expect("claim"),
+        "a finished period is never run again"
+    );
+    assert!(
+        store
+            .claim_job(&claim("b", 1_800, 1_801))
+            .await
+            .expect("claim"),
+        "the next period is free once the last run finished"
+    );
+    assert!(
+        !store
+            .claim_job(&claim("a", 2_700, 1_860))
+            .await
+            .expect("claim"),
+        "within its lease the owner holds the job"
+    );
+    assert!(
+        store
+            .claim_job(&claim("a", 2_700, 1_862))
+            .await
+            .expect("claim"),
+        "an owner that never finished loses the job when its lease runs out"
+    );
+    store
+        .finish_job(&claim("b", 1_800, 1_801), 1_900)
+        .await
+        .expect("a former owner's finish is a no-op");
+    assert!(
+        !store
+            .claim_job(&claim("c", 3_600, 1_900))
+            .await
+            .expect("claim"),
+        "still held by its new owner: the stale owner's finish did not count"
+    );
+    assert!(
+        !store
+            .claim_job(&claim("c", 600, 5_000))
+            .await
+            .expect("claim"),
+        "an earlier period than the last claimed is never run"
+    );
+}
+
+async fn policy(store: &dyn Store) {
+    let hash = "cd".repeat(32);
+    store
+        .publish_policy(&hash, &audit("policy-publish", 9_000, None))
+        .await
+        .expect("publish");
+    let settings = store.settings().await.expect("settings").expect("a CA");
+    assert_eq!(settings.policy_sha256.as_deref(), Some(hash.as_str()));
+    let last = store.audit_entries(Some(9_000), 10).await.expect("audit");
+    assert!(last.iter().any(|e| e.action == "policy-publish"));
 }
 
 async fn group_commit(store: &dyn Store) {
@@ -505,26 +592,78 @@ async fn revocation(store: &dyn Store, now: i64) {
         "one entry per successful revocation"
     );
 
-    // CRL numbers are monotonic per issuer; a stale CRL never replaces a newer one.
-    assert_eq!(store.next_crl_number("dev").await.expect("n"), 1);
-    assert_eq!(store.next_crl_number("dev").await.expect("n"), 2);
-    assert_eq!(store.next_crl_number("prod").await.expect("n"), 1);
+    // CRLs: numbers from a counter row, 1, 2, ... per issuer, entries read in the same
+    // transaction, the result stored as the issuer's current CRL.
     assert_eq!(store.crl("dev").await.expect("crl"), None);
-    let crl = |number: i64| CrlRecord {
-        issuer_id: "dev".into(),
-        number,
+    let draft = |issuer: &str, entries_after: Option<i64>| CrlDraft {
+        issuer_id: issuer.into(),
         this_update: now,
         next_update: now + 10,
-        der: vec![number as u8; 3],
+        entries_after,
     };
-    assert!(store.save_crl(&crl(2)).await.expect("save"));
-    assert!(
-        !store.save_crl(&crl(1)).await.expect("save"),
-        "an older CRL must not replace a newer one"
+    let seen = std::sync::Mutex::new(Vec::new());
+    let sign = |number: i64, entries: &[RevokedEntry]| -> Result<Vec<u8>, String> {
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((number, entries.len()));
+        Ok(vec![number as u8; 3])
+    };
+    let first = store
+        .generate_crl(&draft("dev", Some(0)), &sign)
+        .await
+        .expect("crl 1");
+    assert_eq!((first.number, first.der.clone()), (1, vec![1u8; 3]));
+    let second = store
+        .generate_crl(&draft("dev", Some(now)), &sign)
+        .await
+        .expect("crl 2");
+    assert_eq!(second.number, 2);
+    assert_eq!(
+        store
+            .generate_crl(&draft("prod", Some(now)), &sign)
+            .await
+            .expect("prod")
+            .number,
+        1,
+        "numbers are per issuer"
     );
-    assert!(!store.save_crl(&crl(2)).await.expect("save"));
-    assert!(store.save_crl(&crl(3)).await.expect("save"));
-    assert_eq!(store.crl("dev").await.expect("crl"), Some(crl(3)));
+    assert_eq!(
+        store
+            .generate_crl(&draft("root", None), &sign)
+            .await
+            .expect("root")
+            .number,
+        1
+    );
+    assert_eq!(
+        *seen.lock().unwrap_or_else(|e| e.into_inner()),
+        [(1, 1), (2, 0), (1, 1), (1, 0)],
+        "entries as of each generation, none for the root"
+    );
+    assert_eq!(store.crl("dev").await.expect("crl"), Some(second.clone()));
+    let failing = |_: i64, _: &[RevokedEntry]| -> Result<Vec<u8>, String> { Err("no key".into()) };
+    assert!(matches!(
+        store.generate_crl(&draft("dev", Some(now)), &failing).await,
+        Err(StoreError::Signing(_))
+    ));
+    assert_eq!(
+        store.crl("dev").await.expect("crl"),
+        Some(second),
+        "a failed signature changes nothing"
+    );
+    assert_eq!(
+        store
+            .generate_crl(&draft("dev", Some(now)), &sign)
+            .await
+            .expect("crl 3")
+            .number,
+        3,
+        "the number of a rolled-back generation was never published, so it is handed out again"
+    );
+    assert!(matches!(
+        store.generate_crl(&draft("nope", None), &sign).await,
+        Err(StoreError::Database(_))
+    ));
 
     assert_eq!(store.prune_tokens(20_000).await.expect("prune"), 4);
     assert!(store.list_tokens(None).await.expect("list").is_empty());

@@ -6,8 +6,17 @@
 
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
+#[macro_use]
+mod sql;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgSettings, PgStore, redact_url};
+
+/// Whether `url` names a PostgreSQL database (else a SQLite data directory is meant).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -41,6 +50,30 @@ pub enum StoreError {
     /// A batch commit failed as a whole; nothing of it was written.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// Signing inside a store transaction failed; the transaction was rolled back.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// The database schema is older than this build needs.
+    #[error(
+        "the database schema is at version {found}, this build needs {needed}: run `ca-server migrate`"
+    )]
+    SchemaOutdated {
+        /// Newest migration applied.
+        found: i64,
+        /// Newest migration this build knows.
+        needed: i64,
+    },
+    /// The database schema is newer than this build knows.
+    #[error(
+        "the database schema is at version {found}, newer than this build knows ({known}); \
+         upgrade ca-server before serving from this database"
+    )]
+    SchemaTooNew {
+        /// Newest migration applied.
+        found: i64,
+        /// Newest migration this build knows.
+        known: i64,
+    },
 }
 
 impl Classify for StoreError {
@@ -49,6 +82,9 @@ impl Classify for StoreError {
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
+            StoreError::SchemaOutdated { .. } | StoreError::SchemaTooNew { .. } => {
+                ErrorKind::Conflict
+            }
             _ => ErrorKind::Internal,
         }
     }
@@ -70,6 +106,9 @@ pub struct CaSettings {
     pub server_names: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// SHA-256 (hex) of the policy file every server must serve, as last published (at init,
+    /// by `ca-server policy publish`, or by a SIGHUP reload); `None` before the first publication.
+    pub policy_sha256: Option<String>,
 }
 
 /// Whether an authority is the root or an environment intermediate.
@@ -402,6 +441,45 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// A CRL to generate: the store hands out its number and the revoked entries inside one
+/// transaction, so CRL numbers follow the order of generation and a later number never lists less.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlDraft {
+    /// Issuing authority id.
+    pub issuer_id: String,
+    /// Unix seconds.
+    pub this_update: i64,
+    /// Unix seconds.
+    pub next_update: i64,
+    /// List the issuer's revoked certificates whose notAfter is after this (Unix seconds);
+    /// `None` lists nothing (the root, whose intermediates are not revocable here).
+    pub entries_after: Option<i64>,
+}
+
+/// Signs a CRL given its number and entries; returns its DER.
+pub type CrlSigner<'a> =
+    &'a (dyn Fn(i64, &[RevokedEntry]) -> Result<Vec<u8>, String> + Send + Sync);
+
+/// A claim on one period of a scheduled job, so that several servers on one database run it
+/// once per period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobClaim {
+    /// Job name.
+    pub job: String,
+    /// Start of the period (Unix seconds of the schedule's tick).
+    pub period: i64,
+    /// Who runs it (`host:pid`).
+    pub owner: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// Until when the claim holds if its owner never reports back (Unix seconds); after that
+    /// another server may run the next period.
+    pub lease_until: i64,
+}
+
+/// Called when another server may have revoked something.
+pub type ChangeHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// Everything `init` writes, in one transaction.
 #[derive(Debug, Clone)]
 pub struct NewCa {
@@ -488,11 +566,34 @@ pub trait Store: Send + Sync {
         issuer_id: &str,
         not_after_after: i64,
     ) -> Result<Vec<RevokedEntry>, StoreError>;
-    /// Hands out the next CRL number of `issuer_id` (1, 2, ...), never the same twice.
-    async fn next_crl_number(&self, issuer_id: &str) -> Result<i64, StoreError>;
-    /// Stores a CRL unless a CRL with a higher or equal number is already stored; returns
-    /// whether it was stored.
-    async fn save_crl(&self, crl: &CrlRecord) -> Result<bool, StoreError>;
+    /// Generates the next CRL of `draft.issuer_id` in one transaction: takes the next number of
+    /// the issuer's counter row (1, 2, ...; held locked until commit, so concurrent generations
+    /// on any server queue behind each other), reads the revoked entries, calls `sign`, and
+    /// stores the result as the issuer's current CRL. A number is never handed out twice.
+    async fn generate_crl(
+        &self,
+        draft: &CrlDraft,
+        sign: CrlSigner<'_>,
+    ) -> Result<CrlRecord, StoreError>;
     /// The latest stored CRL of `issuer_id`.
     async fn crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError>;
+    /// Claims a period of a scheduled job; `true` if this caller is to run it: the period is
+    /// later than any claimed before, and the last run finished or its lease ran out (so runs
+    /// never overlap unless one outlives its lease). Every grant is kept in the job's history.
+    async fn claim_job(&self, claim: &JobClaim) -> Result<bool, StoreError>;
+    /// Marks a claimed period finished (only while its owner still holds it).
+    async fn finish_job(&self, claim: &JobClaim, at: i64) -> Result<(), StoreError>;
+    /// Records `sha256` as the policy every server must serve, with its audit entry.
+    async fn publish_policy(&self, sha256: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Calls `hook` whenever another server may have revoked a certificate (and when the feed
+    /// was interrupted, since changes may have been missed). `false` when the backend has no
+    /// such feed (then callers rely on short cache lifetimes alone).
+    async fn watch_revocations(&self, hook: ChangeHook) -> Result<bool, StoreError> {
+        let _ = hook;
+        Ok(false)
+    }
+    /// Whether several servers may share this database (then they must agree on the policy).
+    fn shared_by_servers(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,290 @@
+//! PostgreSQL backend: several `ca-server serve` replicas share one database. The SQL is shared
+//! with SQLite ([`super::sql`]); what differs is the pool (a few connections per replica, short
+//! timeouts), explicit migrations (`ca-server migrate`; a server only checks the version), and
+//! revocations announced with `NOTIFY` inside their transaction, so every replica drops its
+//! cached answers at once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+
+use super::{
+    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
+    CertificateFilter, CertificateRecord, ChangeHook, CrlDraft, CrlRecord, CrlSigner, Issuance,
+    IssuedVia, JobClaim, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
+};
+use crate::duration::HumanDuration;
+use crate::pki::Serial;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+const MIGRATIONS_TABLE_SQL: &str = "SELECT 1 WHERE to_regclass('_sqlx_migrations') IS NOT NULL";
+/// The channel revocations are announced on.
+const REVOCATION_CHANNEL: &str = "ca_revocation";
+const REVOKE_NOTIFY: Option<&str> = Some("SELECT pg_notify('ca_revocation', $1)");
+
+/// Pool settings, sized for small machines (`[database]` in the server config).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgSettings {
+    /// Connections per server, at most (one more is kept for revocation notices).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before failing.
+    pub acquire_timeout: HumanDuration,
+    /// Server-side limit on one statement (`statement_timeout`).
+    pub statement_timeout: HumanDuration,
+    /// Server-side limit on a transaction left idle (`idle_in_transaction_session_timeout`).
+    pub idle_in_transaction_timeout: HumanDuration,
+    /// Connections idle this long are closed.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            max_connections: 4,
+            acquire_timeout: HumanDuration(time::Duration::seconds(3)),
+            statement_timeout: HumanDuration(time::Duration::seconds(10)),
+            idle_in_transaction_timeout: HumanDuration(time::Duration::seconds(10)),
+            idle_timeout: HumanDuration(time::Duration::minutes(5)),
+        }
+    }
+}
+
+impl PgSettings {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.max_connections) {
+            return Err("database.max_connections: between 1 and 100".into());
+        }
+        for (name, d) in [
+            ("acquire_timeout", &self.acquire_timeout),
+            ("statement_timeout", &self.statement_timeout),
+            (
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            ),
+            ("idle_timeout", &self.idle_timeout),
+        ] {
+            if d.0 < time::Duration::milliseconds(100) {
+                return Err(format!("database.{name}: at least 100ms"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn std_duration(d: &HumanDuration) -> Duration {
+    Duration::from_millis(u64::try_from(d.0.whole_milliseconds()).unwrap_or(u64::MAX))
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        ),
+        Err(_) => "postgres://(unparsable URL)".into(),
+    }
+}
+
+/// A [`Store`] on a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl PgStore {
+    /// Connects without looking at the schema (for `migrate` and `init`).
+    pub async fn connect(url: &str, settings: &PgSettings) -> Result<PgStore, StoreError> {
+        let ms = |d: &HumanDuration| d.0.whole_milliseconds().to_string();
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("ca-server")
+            .options([
+                ("statement_timeout", ms(&settings.statement_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    ms(&settings.idle_in_transaction_timeout),
+                ),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(0)
+            .acquire_timeout(std_duration(&settings.acquire_timeout))
+            .idle_timeout(Some(std_duration(&settings.idle_timeout)))
+            .connect_with(options.clone())
+            .await?;
+        Ok(PgStore { pool, options })
+    }
+
+    /// Connects and checks that the schema is exactly the one this build knows (a server never
+    /// migrates by itself: several replicas of different versions may share the database).
+    pub async fn open(url: &str, settings: &PgSettings) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(url, settings).await?;
+        if let Err(e) = store.check_schema().await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// `Ok` when the applied migrations are exactly those this build embeds.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        sql::check_schema_version(applied_version(&self.pool).await?, &MIGRATOR)
+    }
+
+    /// Applies pending migrations (under sqlx's advisory lock, so concurrent runs queue);
+    /// refuses a schema newer than this build. Returns the versions before and after.
+    pub async fn migrate(&self) -> Result<(i64, i64), StoreError> {
+        let before = applied_version(&self.pool).await?;
+        if let Err(e @ StoreError::SchemaTooNew { .. }) =
+            sql::check_schema_version(before, &MIGRATOR)
+        {
+            return Err(e);
+        }
+        MIGRATOR.run(&self.pool).await?;
+        Ok((before, applied_version(&self.pool).await?))
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+sql_store!(PgStore, sqlx::Postgres, {
+    fn shared_by_servers(&self) -> bool {
+        true
+    }
+
+    async fn watch_revocations(&self, hook: ChangeHook) -> Result<bool, StoreError> {
+        // Its own connection: LISTEN holds it for as long as the server runs.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(self.options.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(REVOCATION_CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => hook(),
+                    // The connection dropped and will be re-established: notices may be lost.
+                    Ok(None) => hook(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation notices interrupted; retrying");
+                        hook();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(true)
+    }
+});
+
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+#[allow(missing_docs)]
+mod temp_postgres;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::temp_postgres;
+
+    #[test]
+    fn migrations_have_the_same_versions_on_both_backends() {
+        let versions = |m: &Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let sqlite = versions(&super::super::sqlite::MIGRATOR);
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, versions(&MIGRATOR));
+    }
+
+    #[test]
+    fn redacted_urls_carry_no_password() {
+        let r = redact_url("postgres://ca:s3cret@db.internal:5433/ca");
+        assert_eq!(r, "postgres://ca@db.internal:5433/ca");
+        assert!(!redact_url("postgres://ca:s3cret@[::1/ca").contains("s3cret"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_conformance_suite() {
+        let pg = temp_postgres::TempPostgres::start();
+        let url = pg.create_database("conformance");
+        let settings = PgSettings::default();
+        match PgStore::open(&url, &settings).await {
+            Err(StoreError::SchemaOutdated { found: 0, .. }) => {}
+            other => panic!("an empty database must need `migrate`, got {other:?}"),
+        }
+        let store = PgStore::connect(&url, &settings).await.expect("connect");
+        let (before, after) = store.migrate().await.expect("migrate");
+        assert_eq!(before, 0);
+        assert_eq!(store.migrate().await.expect("again"), (after, after));
+        store.check_schema().await.expect("current");
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        assert!(
+            store
+                .watch_revocations(std::sync::Arc::new(move || {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }))
+                .await
+                .expect("listen")
+        );
+        crate::store::conformance::run(&store).await;
+        // The conformance suite revokes certificates: each announced to listeners.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while seen.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revocations were not announced"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for raw in [
+            "DELETE FROM audit_log",
+            "UPDATE audit_log SET result = 'ok'",
+            "TRUNCATE audit_log",
+        ] {
+            assert!(
+                sqlx::query(raw).execute(&store.pool).await.is_err(),
+                "{raw} went through on the append-only audit log"
+            );
+        }
+        // A schema from a newer build is refused with a clear message.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', TRUE, '\\x00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("fake a newer migration");
+        let err = PgStore::open(&url, &settings)
+            .await
+            .expect_err("newer schema");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 9999, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade ca-server"), "{err}");
+        assert!(matches!(
+            store.migrate().await,
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+        store.close().await;
+    }
+}

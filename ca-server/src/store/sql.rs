@@ -1,0 +1,818 @@
+//! The SQL both backends share. The statements use `$N` parameters, BIGINT-compatible integers
+//! and JSON text lists, which SQLite and PostgreSQL read alike, so [`sql_store!`] writes the
+//! [`super::Store`] implementation once for each backend's concrete sqlx types. A backend module
+//! invoking it provides `MIGRATOR` (its embedded migrations), `MIGRATIONS_TABLE_SQL` (a query
+//! returning one row when sqlx's migration table exists), `REVOKE_NOTIFY` (an optional statement
+//! run inside every revocation's transaction with the serial as `$1`) and a `pool` field on the
+//! store; the tokens given to the macro are the backend's own trait methods.
+//!
+//! Rules the shared statements keep on both backends: no statement inside a batch is allowed to
+//! fail (PostgreSQL aborts the whole transaction on a failed statement), so conflicts are
+//! detected with `ON CONFLICT DO NOTHING` and conditions instead of caught errors; rows locked
+//! by a batch are locked in one global order (token ids sorted), so two servers committing
+//! batches at once cannot deadlock.
+
+/// Whether `e` is a uniqueness violation.
+pub(super) fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// JSON text of a list of strings.
+pub(super) fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// A JSON text list read back.
+pub(super) fn parse_list(col: &str, s: &str) -> Result<Vec<String>, super::StoreError> {
+    serde_json::from_str(s)
+        .map_err(|_| super::StoreError::Corrupt(format!("{col} is not a JSON list")))
+}
+
+/// The order in which a batch's items are written: by token id (items without a token first),
+/// stable otherwise, so every server locks token rows in the same order.
+pub(super) fn commit_order(batch: &[super::Issuance]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| batch[i].token.as_ref().map(|t| t.id.as_str());
+        key(a).cmp(&key(b))
+    });
+    order
+}
+
+/// Checks the applied schema against the migrations this build embeds: `SchemaTooNew` when the
+/// database is ahead, `SchemaOutdated` when it is behind.
+pub(super) fn check_schema_version(
+    applied: i64,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), super::StoreError> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.cmp(&known) {
+        std::cmp::Ordering::Greater => Err(super::StoreError::SchemaTooNew {
+            found: applied,
+            known,
+        }),
+        std::cmp::Ordering::Less => Err(super::StoreError::SchemaOutdated {
+            found: applied,
+            needed: known,
+        }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
+/// Writes `impl Store for $store` over database `$db`; see the module docs.
+macro_rules! sql_store {
+    ($store:ty, $db:ty, { $($own:tt)* }) => {
+        type DbRow = <$db as sqlx::Database>::Row;
+        type DbConn = <$db as sqlx::Database>::Connection;
+
+        /// The newest migration applied to the database at `pool` (0 for an empty database).
+        async fn applied_version(pool: &sqlx::Pool<$db>) -> Result<i64, StoreError> {
+            let exists = sqlx::query(MIGRATIONS_TABLE_SQL).fetch_optional(pool).await?;
+            if exists.is_none() {
+                return Ok(0);
+            }
+            let v: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(pool)
+                    .await?;
+            Ok(v.unwrap_or(0))
+        }
+
+        fn authority_from_row(r: &DbRow) -> Result<AuthorityRecord, StoreError> {
+            use sqlx::Row;
+            let kind: String = r.try_get("kind")?;
+            Ok(AuthorityRecord {
+                id: r.try_get("id")?,
+                kind: match kind.as_str() {
+                    "root" => AuthorityKind::Root,
+                    "intermediate" => AuthorityKind::Intermediate,
+                    "tls" => AuthorityKind::Tls,
+                    other => {
+                        return Err(StoreError::Corrupt(format!("authority kind {other:?}")));
+                    }
+                },
+                env: r.try_get("env")?,
+                parent_id: r.try_get("parent_id")?,
+                serial: r.try_get("serial")?,
+                subject: r.try_get("subject")?,
+                cert_pem: r.try_get("cert_pem")?,
+                sealed_key: r.try_get("sealed_key")?,
+                fingerprint: r.try_get("fingerprint")?,
+                not_before: r.try_get("not_before")?,
+                not_after: r.try_get("not_after")?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
+        fn certificate_from_row(r: &DbRow) -> Result<CertificateRecord, StoreError> {
+            use sqlx::Row;
+            let via: String = r.try_get("issued_via")?;
+            let dns: String = r.try_get("dns_names")?;
+            let ips: String = r.try_get("ip_addresses")?;
+            Ok(CertificateRecord {
+                serial: r.try_get("serial")?,
+                issuer_id: r.try_get("issuer_id")?,
+                env: r.try_get("env")?,
+                service: r.try_get("service")?,
+                spiffe_id: r.try_get("spiffe_id")?,
+                dns_names: sql::parse_list("dns_names", &dns)?,
+                ip_addresses: sql::parse_list("ip_addresses", &ips)?,
+                key_type: r.try_get("key_type")?,
+                key_fingerprint: r.try_get("key_fingerprint")?,
+                fingerprint: r.try_get("fingerprint")?,
+                not_before: r.try_get("not_before")?,
+                not_after: r.try_get("not_after")?,
+                cert_pem: r.try_get("cert_pem")?,
+                issued_via: IssuedVia::parse(&via)
+                    .ok_or_else(|| StoreError::Corrupt(format!("issued_via {via:?}")))?,
+                issued_by: r.try_get("issued_by")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+                revocation_reason: r.try_get("revocation_reason")?,
+            })
+        }
+
+        fn token_from_row(r: &DbRow) -> Result<TokenRecord, StoreError> {
+            use sqlx::Row;
+            let count = |col: &str| -> Result<u32, StoreError> {
+                let v: i64 = r.try_get(col)?;
+                u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("token {col} {v}")))
+            };
+            Ok(TokenRecord {
+                id: r.try_get("id")?,
+                token_hash: r.try_get("token_hash")?,
+                env: r.try_get("env")?,
+                service: r.try_get("service")?,
+                max_uses: count("max_uses")?,
+                uses: count("uses")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                created_by: r.try_get("created_by")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        }
+
+        fn audit_from_row(r: &DbRow) -> Result<AuditEntry, StoreError> {
+            use sqlx::Row;
+            let result: String = r.try_get("result")?;
+            Ok(AuditEntry {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                env: r.try_get("env")?,
+                service: r.try_get("service")?,
+                serial: r.try_get("serial")?,
+                result: AuditResult::parse(&result)
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit result {result:?}")))?,
+                reason: r.try_get("reason")?,
+            })
+        }
+
+        async fn insert_audit<'e, E>(exec: E, e: &AuditEntry) -> Result<(), StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, env, service, serial, result, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.env)
+            .bind(&e.service)
+            .bind(&e.serial)
+            .bind(e.result.as_str())
+            .bind(&e.reason)
+            .execute(exec)
+            .await?;
+            Ok(())
+        }
+
+        /// Inserts a certificate row if its serial is reserved, its issuer exists and neither
+        /// its serial nor its fingerprint is stored yet; otherwise writes nothing and names the
+        /// rule (no statement fails, so an enclosing transaction stays usable).
+        async fn insert_certificate_row(
+            conn: &mut DbConn,
+            c: &CertificateRecord,
+        ) -> Result<(), StoreError> {
+            let done = sqlx::query(
+                "INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, \
+                 ip_addresses, key_type, key_fingerprint, fingerprint, not_before, not_after, cert_pem, \
+                 issued_via, issued_by, created_at, revoked_at, revocation_reason) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+                 WHERE EXISTS (SELECT 1 FROM serials WHERE serial = $1) \
+                 AND EXISTS (SELECT 1 FROM authorities WHERE id = $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&c.serial)
+            .bind(&c.issuer_id)
+            .bind(&c.env)
+            .bind(&c.service)
+            .bind(&c.spiffe_id)
+            .bind(sql::json_list(&c.dns_names))
+            .bind(sql::json_list(&c.ip_addresses))
+            .bind(&c.key_type)
+            .bind(&c.key_fingerprint)
+            .bind(&c.fingerprint)
+            .bind(c.not_before)
+            .bind(c.not_after)
+            .bind(&c.cert_pem)
+            .bind(c.issued_via.as_str())
+            .bind(&c.issued_by)
+            .bind(c.created_at)
+            .bind(c.revoked_at)
+            .bind(&c.revocation_reason)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(());
+            }
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT serial FROM certificates WHERE serial = $1 OR fingerprint = $2",
+            )
+            .bind(&c.serial)
+            .bind(&c.fingerprint)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Err(match stored {
+                Some(_) => StoreError::Conflict(format!("certificate {} already stored", c.serial)),
+                None => StoreError::NotFound(format!(
+                    "serial {} was not reserved, or issuer {:?} is unknown",
+                    c.serial, c.issuer_id
+                )),
+            })
+        }
+
+        /// Spends one use of token `id` if it is usable at `at`: one conditional UPDATE, whose
+        /// row lock makes check and increment one step for every server on the database.
+        async fn spend_use<'e, E>(exec: E, id: &str, at: i64) -> Result<bool, StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            let done = sqlx::query(
+                "UPDATE tokens SET uses = uses + 1 \
+                 WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND uses < max_uses",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(exec)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// One issuance of a batch: the token use, the row, the audit entry. A refused item
+        /// (inner error) leaves nothing behind: a use spent for a row that was then refused is
+        /// given back in the same transaction. An outer error fails the whole batch.
+        async fn commit_one(
+            conn: &mut DbConn,
+            item: &Issuance,
+        ) -> Result<Result<(), StoreError>, StoreError> {
+            if let Some(t) = &item.token
+                && !spend_use(&mut *conn, &t.id, t.at).await?
+            {
+                return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
+            }
+            match insert_certificate_row(conn, &item.cert).await {
+                Ok(()) => {}
+                Err(refused @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => {
+                    if let Some(t) = &item.token {
+                        sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = $1")
+                            .bind(&t.id)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    return Ok(Err(refused));
+                }
+                Err(e) => return Err(e),
+            }
+            insert_audit(&mut *conn, &item.audit).await?;
+            Ok(Ok(()))
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            $($own)*
+
+            async fn initialize(&self, ca: &NewCa) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let s = &ca.settings;
+                let res = sqlx::query(
+                    "INSERT INTO ca_settings (id, trust_domain, policy_path, keys_sealed, root_offline, \
+                     server_names, created_at, policy_sha256) VALUES (1, $1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&s.trust_domain)
+                .bind(&s.policy_path)
+                .bind(i64::from(s.keys_sealed))
+                .bind(i64::from(s.root_offline))
+                .bind(sql::json_list(&s.server_names))
+                .bind(s.created_at)
+                .bind(&s.policy_sha256)
+                .execute(&mut *tx)
+                .await;
+                match res {
+                    Err(e) if sql::unique_violation(&e) => {
+                        return Err(StoreError::Conflict(
+                            "this database already holds a CA".into(),
+                        ));
+                    }
+                    r => {
+                        r?;
+                    }
+                }
+                for a in &ca.authorities {
+                    sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES ($1, $2)")
+                        .bind(&a.serial)
+                        .bind(a.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO authorities (id, kind, env, parent_id, serial, subject, cert_pem, \
+                         sealed_key, fingerprint, not_before, not_after, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(&a.id)
+                    .bind(a.kind.as_str())
+                    .bind(&a.env)
+                    .bind(&a.parent_id)
+                    .bind(&a.serial)
+                    .bind(&a.subject)
+                    .bind(&a.cert_pem)
+                    .bind(&a.sealed_key)
+                    .bind(&a.fingerprint)
+                    .bind(a.not_before)
+                    .bind(a.not_after)
+                    .bind(a.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                insert_audit(&mut *tx, &ca.audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn settings(&self) -> Result<Option<CaSettings>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT trust_domain, policy_path, keys_sealed, root_offline, server_names, \
+                     created_at, policy_sha256 FROM ca_settings WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| -> Result<CaSettings, StoreError> {
+                    Ok(CaSettings {
+                        trust_domain: r.try_get("trust_domain")?,
+                        policy_path: r.try_get("policy_path")?,
+                        keys_sealed: r.try_get::<i64, _>("keys_sealed")? != 0,
+                        root_offline: r.try_get::<i64, _>("root_offline")? != 0,
+                        server_names: sql::parse_list(
+                            "server_names",
+                            &r.try_get::<String, _>("server_names")?,
+                        )?,
+                        created_at: r.try_get("created_at")?,
+                        policy_sha256: r.try_get("policy_sha256")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM authorities ORDER BY kind <> 'root', kind = 'tls', id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(authority_from_row).collect()
+            }
+
+            async fn authority(&self, id: &str) -> Result<Option<AuthorityRecord>, StoreError> {
+                let row = sqlx::query("SELECT * FROM authorities WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(authority_from_row).transpose()
+            }
+
+            async fn insert_certificate(
+                &self,
+                c: &CertificateRecord,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                insert_certificate_row(&mut tx, c).await?;
+                insert_audit(&mut *tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for serial in serials {
+                    let done = sqlx::query(
+                        "INSERT INTO serials (serial, reserved_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(serial.to_hex())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!("serial {serial} already used")));
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn commit_issuances(
+                &self,
+                batch: &[Issuance],
+            ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut results: Vec<Option<Result<(), StoreError>>> =
+                    (0..batch.len()).map(|_| None).collect();
+                for i in sql::commit_order(batch) {
+                    results[i] = Some(commit_one(&mut tx, &batch[i]).await?);
+                }
+                tx.commit().await?;
+                Ok(results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(StoreError::Commit("item skipped".into()))))
+                    .collect())
+            }
+
+            async fn certificate(
+                &self,
+                serial: &Serial,
+            ) -> Result<Option<CertificateRecord>, StoreError> {
+                let row = sqlx::query("SELECT * FROM certificates WHERE serial = $1")
+                    .bind(serial.to_hex())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(certificate_from_row).transpose()
+            }
+
+            async fn list_certificates(
+                &self,
+                f: &CertificateFilter,
+            ) -> Result<Vec<CertificateRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM certificates WHERE \
+                     ($1 IS NULL OR env = $1) AND ($2 IS NULL OR service = $2) AND \
+                     ($3 IS NULL OR ($3 = 'revoked' AND revoked_at IS NOT NULL) \
+                         OR ($3 = 'valid' AND revoked_at IS NULL AND not_after > $4) \
+                         OR ($3 = 'expired' AND revoked_at IS NULL AND not_after <= $4)) AND \
+                     ($5 IS NULL OR not_after <= $5) \
+                     ORDER BY created_at DESC, serial LIMIT $6",
+                )
+                .bind(&f.env)
+                .bind(&f.service)
+                .bind(f.status.map(CertStatus::as_str))
+                .bind(f.now)
+                .bind(f.not_after_before)
+                .bind(i64::from(f.limit.unwrap_or(u32::MAX)))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(certificate_from_row).collect()
+            }
+
+            async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+                insert_audit(&self.pool, entry).await
+            }
+
+            async fn audit_entries(
+                &self,
+                since: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<AuditEntry>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM audit_log WHERE ($1 IS NULL OR at >= $1) ORDER BY id LIMIT $2",
+                )
+                .bind(since)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn count_live_certificates(
+                &self,
+                now: i64,
+            ) -> Result<Vec<(String, i64)>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT env, COUNT(*) AS n FROM certificates \
+                     WHERE revoked_at IS NULL AND not_after > $1 GROUP BY env ORDER BY env",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("env")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+                let res = sqlx::query(
+                    "INSERT INTO tokens (id, token_hash, env, service, max_uses, uses, created_at, \
+                     expires_at, created_by, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&t.id)
+                .bind(&t.token_hash)
+                .bind(&t.env)
+                .bind(&t.service)
+                .bind(i64::from(t.max_uses))
+                .bind(i64::from(t.uses))
+                .bind(t.created_at)
+                .bind(t.expires_at)
+                .bind(&t.created_by)
+                .bind(t.revoked_at)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Err(e) if sql::unique_violation(&e) => {
+                        Err(StoreError::Conflict(format!("token {} already exists", t.id)))
+                    }
+                    r => r.map(|_| ()).map_err(Into::into),
+                }
+            }
+
+            async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+                let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(token_from_row).transpose()
+            }
+
+            async fn spend_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+                spend_use(&self.pool, id, now).await
+            }
+
+            async fn list_tokens(
+                &self,
+                usable_at: Option<i64>,
+            ) -> Result<Vec<TokenRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM tokens WHERE ($1 IS NULL OR (revoked_at IS NULL AND expires_at > $1 \
+                     AND uses < max_uses)) ORDER BY created_at DESC, id",
+                )
+                .bind(usable_at)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(token_from_row).collect()
+            }
+
+            async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn prune_tokens(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM tokens WHERE expires_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn revoke_certificate(
+                &self,
+                serial: &Serial,
+                at: i64,
+                reason: &str,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+                     WHERE serial = $3 AND revoked_at IS NULL",
+                )
+                .bind(at)
+                .bind(reason)
+                .bind(serial.to_hex())
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    let exists: Option<String> =
+                        sqlx::query_scalar("SELECT serial FROM certificates WHERE serial = $1")
+                            .bind(serial.to_hex())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    return Err(match exists {
+                        Some(_) => {
+                            StoreError::Conflict(format!("certificate {serial} is already revoked"))
+                        }
+                        None => StoreError::NotFound(format!("no certificate with serial {serial}")),
+                    });
+                }
+                insert_audit(&mut *tx, audit).await?;
+                if let Some(notify) = REVOKE_NOTIFY {
+                    sqlx::query(notify).bind(serial.to_hex()).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn revoked_entries(
+                &self,
+                issuer_id: &str,
+                not_after_after: i64,
+            ) -> Result<Vec<RevokedEntry>, StoreError> {
+                revoked_entries_in(&self.pool, issuer_id, not_after_after).await
+            }
+
+            async fn generate_crl(
+                &self,
+                draft: &CrlDraft,
+                sign: CrlSigner<'_>,
+            ) -> Result<CrlRecord, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let number: i64 = sqlx::query_scalar(
+                    "INSERT INTO crl_numbers (issuer_id, last_number) VALUES ($1, 1) \
+                     ON CONFLICT (issuer_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
+                     RETURNING last_number",
+                )
+                .bind(&draft.issuer_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let entries = match draft.entries_after {
+                    Some(after) => revoked_entries_in(&mut *tx, &draft.issuer_id, after).await?,
+                    None => Vec::new(),
+                };
+                let der = sign(number, &entries).map_err(StoreError::Signing)?;
+                sqlx::query(
+                    "INSERT INTO crls (issuer_id, crl_number, this_update, next_update, der) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (issuer_id) DO UPDATE SET crl_number = excluded.crl_number, \
+                     this_update = excluded.this_update, next_update = excluded.next_update, \
+                     der = excluded.der WHERE excluded.crl_number > crls.crl_number",
+                )
+                .bind(&draft.issuer_id)
+                .bind(number)
+                .bind(draft.this_update)
+                .bind(draft.next_update)
+                .bind(&der)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(CrlRecord {
+                    issuer_id: draft.issuer_id.clone(),
+                    number,
+                    this_update: draft.this_update,
+                    next_update: draft.next_update,
+                    der,
+                })
+            }
+
+            async fn crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT * FROM crls WHERE issuer_id = $1")
+                    .bind(issuer_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| -> Result<CrlRecord, StoreError> {
+                    Ok(CrlRecord {
+                        issuer_id: r.try_get("issuer_id")?,
+                        number: r.try_get("crl_number")?,
+                        this_update: r.try_get("this_update")?,
+                        next_update: r.try_get("next_update")?,
+                        der: r.try_get("der")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn claim_job(&self, c: &JobClaim) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO job_leases (job, owner, period, lease_until, finished) \
+                     VALUES ($1, '', -1, 0, 1) ON CONFLICT DO NOTHING",
+                )
+                .bind(&c.job)
+                .execute(&mut *tx)
+                .await?;
+                let granted = sqlx::query(
+                    "UPDATE job_leases SET owner = $1, period = $2, lease_until = $3, finished = 0 \
+                     WHERE job = $4 AND period < $2 AND (finished = 1 OR lease_until < $5)",
+                )
+                .bind(&c.owner)
+                .bind(c.period)
+                .bind(c.lease_until)
+                .bind(&c.job)
+                .bind(c.now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if granted {
+                    sqlx::query(
+                        "INSERT INTO job_runs (job, period, owner, started_at, lease_until) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&c.job)
+                    .bind(c.period)
+                    .bind(&c.owner)
+                    .bind(c.now)
+                    .bind(c.lease_until)
+                    .execute(&mut *tx)
+                    .await?;
+                    // A month of history is enough to audit who ran what.
+                    sqlx::query("DELETE FROM job_runs WHERE job = $1 AND period < $2")
+                        .bind(&c.job)
+                        .bind(c.period - 30 * 86_400)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(granted)
+            }
+
+            async fn finish_job(&self, c: &JobClaim, at: i64) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let held = sqlx::query(
+                    "UPDATE job_leases SET finished = 1 \
+                     WHERE job = $1 AND period = $2 AND owner = $3 AND finished = 0",
+                )
+                .bind(&c.job)
+                .bind(c.period)
+                .bind(&c.owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if held {
+                    sqlx::query(
+                        "UPDATE job_runs SET finished_at = $1 WHERE job = $2 AND period = $3 AND owner = $4",
+                    )
+                    .bind(at)
+                    .bind(&c.job)
+                    .bind(c.period)
+                    .bind(&c.owner)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn publish_policy(
+                &self,
+                sha256: &str,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("UPDATE ca_settings SET policy_sha256 = $1 WHERE id = 1")
+                    .bind(sha256)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::NotFound("no CA in this database".into()));
+                }
+                insert_audit(&mut *tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        async fn revoked_entries_in<'e, E>(
+            exec: E,
+            issuer_id: &str,
+            not_after_after: i64,
+        ) -> Result<Vec<RevokedEntry>, StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            use sqlx::Row;
+            let rows = sqlx::query(
+                "SELECT serial, revoked_at, revocation_reason FROM certificates \
+                 WHERE issuer_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 \
+                 ORDER BY revoked_at, serial",
+            )
+            .bind(issuer_id)
+            .bind(not_after_after)
+            .fetch_all(exec)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RevokedEntry {
+                        serial: r.try_get("serial")?,
+                        revoked_at: r.try_get("revoked_at")?,
+                        reason: r.try_get("revocation_reason")?,
+                    })
+                })
+                .collect()
+        }
+    };
+}
