@@ -566,8 +566,16 @@ async fn start_scheduler(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "token pruning failed"),
             }
-            if let Err(e) = ca.finish_job(&claim).await {
-                tracing::warn!(error = %e, "could not mark the scheduled CRL refresh done");
+            // Until marked done, the next period waits for this claim's lease: retry through a
+            // short database outage.
+            for attempt in 1..=10 {
+                match ca.finish_job(&claim).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 10 => {
+                        tracing::warn!(error = %e, "could not mark the scheduled CRL refresh done");
+                    }
+                    Err(_) => tokio::time::sleep(StdDuration::from_millis(500)).await,
+                }
             }
         })
     })

@@ -142,6 +142,18 @@ impl Run {
         self.expect_clean_error()
     }
 
+    /// Panics unless stdout contains `needle`.
+    #[track_caller]
+    pub fn expect_stdout_contains(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
     /// Panics if the output shows a panic, a backtrace or a debug dump.
     #[track_caller]
     pub fn expect_clean_error(&self) -> &Run {
