@@ -40,20 +40,7 @@ fn enroll(url: &str, root: &str, body: &str) -> Option<(u16, String)> {
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_certificate() {
     let ca = TestCa::init_insecure();
-    let token = ca.server(&[
-        "token",
-        "create",
-        "--env",
-        "ci",
-        "--service",
-        "api",
-        "--uses",
-        "1000",
-        "--ttl",
-        "1h",
-    ]);
-    token.expect_code(0);
-    let token = token.stdout.trim().to_string();
+    let token = ca.ci_token(1000);
     let root = ca.path("root.pem");
     let bundle = ca.server(&["bundle", "--env", "ci"]);
     bundle.expect_code(0);

@@ -282,20 +282,7 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     let bundle = ca.server(&["bundle", "--env", "ci"]);
     bundle.expect_code(0);
     std::fs::write(&root, &bundle.stdout).expect("bundle");
-    let token = ca.server(&[
-        "token",
-        "create",
-        "--env",
-        "ci",
-        "--service",
-        "api",
-        "--uses",
-        "1000",
-        "--ttl",
-        "1h",
-    ]);
-    token.expect_code(0);
-    let token = token.stdout.trim().to_string();
+    let token = ca.ci_token(1000);
     let admin = ca.path("admin");
     ca.issue("prod", "ops", &[], &admin, &[]).expect_code(0);
     let (admin_cert, admin_key) = (admin.join("cert.pem"), admin.join("key.pem"));

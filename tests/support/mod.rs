@@ -317,6 +317,24 @@ impl TestCa {
         ca
     }
 
+    /// Mints a CI token for ci/api with `uses` enrollments, valid for an hour; returns its text.
+    pub fn ci_token(&self, uses: u32) -> String {
+        let run = self.server(&[
+            "token",
+            "create",
+            "--env",
+            "ci",
+            "--service",
+            "api",
+            "--uses",
+            &uses.to_string(),
+            "--ttl",
+            "1h",
+        ]);
+        run.expect_code(0);
+        run.stdout.trim().to_string()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }

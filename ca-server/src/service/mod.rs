@@ -321,6 +321,14 @@ impl Ca {
     /// Replaces the policy, refusing one that changes the trust domain or names an environment
     /// without an intermediate. Requests already in flight finish under the old policy.
     pub async fn reload_policy(&self, policy: Policy) -> Result<(), ServiceError> {
+        let sha256 = self.install_policy(policy).await?;
+        self.publish_policy_hash(&sha256, "ca-server", "policy-reload")
+            .await
+    }
+
+    /// Puts `policy` in force if it fits the CA (same trust domain, an intermediate for every
+    /// environment); returns its hash.
+    async fn install_policy(&self, policy: Policy) -> Result<String, ServiceError> {
         if policy.trust_domain != self.settings.trust_domain {
             return Err(ServiceError::TrustDomainChanged {
                 recorded: self.settings.trust_domain.clone(),
@@ -332,8 +340,7 @@ impl Ca {
         }
         let sha256 = policy.sha256.clone();
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-        self.publish_policy_hash(&sha256, "ca-server", "policy-reload")
-            .await
+        Ok(sha256)
     }
 
     /// Records `sha256` in the store as the policy every server must serve, audited.
@@ -422,16 +429,7 @@ impl Ca {
                 published,
             });
         }
-        if policy.trust_domain != self.settings.trust_domain {
-            return Err(ServiceError::TrustDomainChanged {
-                recorded: self.settings.trust_domain.clone(),
-                policy: policy.trust_domain,
-            });
-        }
-        for env in policy.environments.keys() {
-            self.authority(env).await?;
-        }
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.install_policy(policy).await?;
         self.audit(AuditEntry {
             id: 0,
             at: self.now_unix(),
