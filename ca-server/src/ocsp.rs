@@ -187,6 +187,35 @@ impl CertId {
     }
 }
 
+/// An issuer's name and key hashes in every algorithm a CertID may use, computed once per issuer
+/// instead of parsing its certificate for every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerHashes {
+    sha1: (Vec<u8>, Vec<u8>),
+    sha256: (Vec<u8>, Vec<u8>),
+}
+
+impl IssuerHashes {
+    /// The hashes of the CA certificate `cert_der`; `None` when it does not parse.
+    pub fn of(cert_der: &[u8]) -> Option<IssuerHashes> {
+        Some(IssuerHashes {
+            sha1: issuer_hashes(HashAlg::Sha1, cert_der)?,
+            sha256: issuer_hashes(HashAlg::Sha256, cert_der)?,
+        })
+    }
+}
+
+impl CertId {
+    /// [`CertId::matches_issuer`] against precomputed hashes.
+    pub fn matches(&self, issuer: &IssuerHashes) -> bool {
+        let (name, key) = match self.hash {
+            HashAlg::Sha1 => &issuer.sha1,
+            HashAlg::Sha256 => &issuer.sha256,
+        };
+        *name == self.issuer_name_hash && *key == self.issuer_key_hash
+    }
+}
+
 /// (hash of subject DER, hash of subjectPublicKey bits) of a certificate.
 fn issuer_hashes(hash: HashAlg, cert_der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let (_, cert) = X509Certificate::from_der(cert_der).ok()?;

@@ -198,6 +198,17 @@ impl Ca {
         Ok(self.store().watch_revocations(hook).await?)
     }
 
+    /// The OCSP issuer hashes of `env`'s intermediate, computed once.
+    fn issuer_hashes(&self, env: &str, signer: &Signer) -> Option<ocsp::IssuerHashes> {
+        let mut cache = self.ocsp_issuers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = cache.get(env) {
+            return Some(h.clone());
+        }
+        let h = ocsp::IssuerHashes::of(signer.cert_der())?;
+        cache.insert(env.to_string(), h.clone());
+        Some(h)
+    }
+
     /// A counter bumped on every revocation (caches compare against it).
     pub fn revocation_epoch(&self) -> u64 {
         self.revocation_epoch.load(Ordering::SeqCst)
@@ -392,26 +403,21 @@ impl Ca {
             ocsp::ResponseStatus::InternalError
         };
         // All CertIDs of one request must name the same issuer: one signer signs the answer.
-        let mut issuer: Option<(String, std::sync::Arc<Signer>)> = None;
+        let mut issuer: Option<(String, std::sync::Arc<Signer>, ocsp::IssuerHashes)> = None;
         for env in self.policy().environments.keys() {
             let signer = self.signer(env).await.map_err(internal)?;
-            if req
-                .cert_ids
-                .first()
-                .is_some_and(|id| id.matches_issuer(signer.cert_der()))
+            let hashes = self.issuer_hashes(env, &signer);
+            if let Some(hashes) = hashes
+                && req.cert_ids.first().is_some_and(|id| id.matches(&hashes))
             {
-                issuer = Some((env.clone(), signer));
+                issuer = Some((env.clone(), signer, hashes));
                 break;
             }
         }
-        let Some((env, signer)) = issuer else {
+        let Some((env, signer, hashes)) = issuer else {
             return Err(ocsp::ResponseStatus::Unauthorized);
         };
-        if !req
-            .cert_ids
-            .iter()
-            .all(|id| id.matches_issuer(signer.cert_der()))
-        {
+        if !req.cert_ids.iter().all(|id| id.matches(&hashes)) {
             return Err(ocsp::ResponseStatus::MalformedRequest);
         }
         let this_update = to_datetime(now);
