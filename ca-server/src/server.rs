@@ -321,6 +321,9 @@ pub async fn serve(
         })
     };
 
+    if let Err(e) = ca.audit_checkpoint().await {
+        tracing::warn!(error = %e, "no audit checkpoint at start-up");
+    }
     for (issuer, r) in ca.refresh_crls().await {
         if let Err(e) = r {
             tracing::warn!(%issuer, error = %e, "no fresh CRL at start-up");
@@ -464,12 +467,15 @@ pub async fn serve(
         tracing::warn!(error = %e, "scheduler did not stop cleanly");
     }
     tracing::info!("shutting down: waiting for in-flight requests");
+    let drained = async {
+        graceful.shutdown().await;
+        if let Err(e) = ca.audit_checkpoint().await {
+            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+        }
+    };
     let grace =
         StdDuration::from_secs(u64::try_from(cfg.shutdown_grace.0.whole_seconds()).unwrap_or(30));
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
@@ -565,6 +571,9 @@ async fn start_scheduler(
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "expired enrollment tokens deleted"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "token pruning failed"),
+            }
+            if let Err(e) = ca.audit_checkpoint().await {
+                tracing::warn!(error = %e, "scheduled audit checkpoint failed");
             }
             // Until marked done, the next period waits for this claim's lease: retry through a
             // short database outage.

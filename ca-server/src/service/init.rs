@@ -145,6 +145,11 @@ pub fn build_ca(
             None => sealed::plain(&pkcs8),
         })
     };
+    let audit_secret = zeroize::Zeroizing::new(super::random_bytes::<32>()?);
+    let audit_key = match &sealer {
+        Some(s) => s.seal(super::audit::AUDIT_SLOT, audit_secret.as_slice())?,
+        None => sealed::plain(audit_secret.as_slice()),
+    };
     let td = policy.trust_domain.as_str();
     let not_before = now - Duration::minutes(1);
     let root_key = CaKey::generate()?;
@@ -237,6 +242,7 @@ pub fn build_ca(
                 server_names: server_names.to_vec(),
                 created_at: ts,
                 policy_sha256: Some(policy.sha256.clone()),
+                audit_key: Some(audit_key),
             },
             authorities,
             audit: AuditEntry {

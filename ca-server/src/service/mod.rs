@@ -5,12 +5,14 @@
 //! fresh random serial in the store; sign; self-check (in the signer); commit the certificate row
 //! with its audit entry; only then return the certificate ([`Ca::complete`]). Refusals are audited.
 
+mod audit;
 mod commit;
 mod init;
 mod mtls;
 mod revocation;
 mod tokens;
 
+pub use audit::AuditReport;
 pub use init::{BuiltCa, CaLifetimes, DEFAULT_SERVER_NAMES, build_ca, split_server_names};
 pub use mtls::{EnrollInput, RenewInput, ServerCert};
 pub use revocation::{RevokeInput, RevokeTarget};
@@ -94,6 +96,9 @@ pub enum ServiceError {
     /// An argument is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// The audit log does not verify (the first entry or checkpoint that does not fit).
+    #[error("the audit log does not verify: {0}")]
+    AuditTampered(String),
     /// This server's policy file is not the one the servers sharing the database serve.
     #[error(
         "the policy file {path} (sha256 {file}) differs from the policy published in the database \
@@ -127,6 +132,7 @@ impl Classify for ServiceError {
             ServiceError::Forbidden(_) => ErrorKind::Denied,
             ServiceError::Invalid(_) => ErrorKind::BadRequest,
             ServiceError::PolicyMismatch { .. } => ErrorKind::Conflict,
+            ServiceError::AuditTampered(_) => ErrorKind::Internal,
         }
     }
 }
@@ -241,6 +247,7 @@ pub struct Ca {
     committer: commit::GroupCommitter,
     root_pem: tokio::sync::OnceCell<String>,
     replica: String,
+    audit_secret: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// What [`Ca::follow_published_policy`] found.
@@ -303,6 +310,7 @@ impl Ca {
             committer: commit::GroupCommitter::spawn(store.clone()),
             root_pem: tokio::sync::OnceCell::new(),
             replica: replica_name(),
+            audit_secret: tokio::sync::OnceCell::new(),
             store,
         })
     }

@@ -89,6 +89,7 @@ pub async fn run(store: &dyn Store) {
         server_names: vec!["localhost".into(), "127.0.0.1".into()],
         created_at: 1_000,
         policy_sha256: Some("ab".repeat(32)),
+        audit_key: None,
     };
     let ca = NewCa {
         settings: settings.clone(),
@@ -303,9 +304,71 @@ pub async fn run(store: &dyn Store) {
 
     tokens(store).await;
     revocation(store, now).await;
+    crl_counters(store, now).await;
     group_commit(store).await;
     jobs(store).await;
     policy(store).await;
+    audit_chain(store).await;
+}
+
+async fn audit_chain(store: &dyn Store) {
+    let entries = store.audit_chain(0, 100_000).await.expect("chain");
+    assert!(entries.len() > 10);
+    let mut prev = "genesis".to_string();
+    for c in &entries {
+        assert_eq!(
+            c.prev_hash.as_deref(),
+            Some(prev.as_str()),
+            "entry {} links to the one before it",
+            c.entry.id
+        );
+        let hash = super::audit_hash(&prev, &c.entry);
+        assert_eq!(c.entry_hash.as_deref(), Some(hash.as_str()));
+        prev = hash;
+    }
+    let last = entries.last().expect("entries");
+    assert_eq!(
+        store.audit_head().await.expect("head"),
+        (last.entry.id, prev.clone())
+    );
+    let page = store.audit_chain(last.entry.id - 2, 1).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].entry.id, last.entry.id - 1);
+
+    let sign = |id: i64, hash: &str, at: i64| format!("mac {id} {hash} {at}");
+    let cp = store
+        .audit_checkpoint(77_000, &sign)
+        .await
+        .expect("checkpoint");
+    assert_eq!(
+        (cp.last_id, cp.last_hash.as_str(), cp.at),
+        (last.entry.id, prev.as_str(), 77_000)
+    );
+    assert_eq!(cp.mac, format!("mac {} {prev} 77000", last.entry.id));
+    store
+        .append_audit(&audit("after-checkpoint", 77_001, None))
+        .await
+        .expect("append");
+    let cps = store.audit_checkpoints().await.expect("checkpoints");
+    assert_eq!(cps, std::slice::from_ref(&cp));
+    let (head_id, _) = store.audit_head().await.expect("head");
+    assert!(head_id > cp.last_id, "appends move the head on");
+
+    assert!(store.set_audit_key("sealed audit key").await.expect("set"));
+    assert!(
+        !store.set_audit_key("another").await.expect("set"),
+        "the first audit key stays"
+    );
+    assert_eq!(
+        store
+            .settings()
+            .await
+            .expect("settings")
+            .expect("a CA")
+            .audit_key
+            .as_deref(),
+        Some("sealed audit key")
+    );
 }
 
 async fn jobs(store: &dyn Store) {
@@ -667,6 +730,44 @@ async fn revocation(store: &dyn Store, now: i64) {
 
     assert_eq!(store.prune_tokens(20_000).await.expect("prune"), 4);
     assert!(store.list_tokens(None).await.expect("list").is_empty());
+}
+
+/// After [`revocation`]: dev's counter at 3, prod's and root's at 1, none for `_tls`.
+async fn crl_counters(store: &dyn Store, now: i64) {
+    let sign = |number: i64, _: &[RevokedEntry]| -> Result<Vec<u8>, String> {
+        Ok(number.to_be_bytes().to_vec())
+    };
+    let draft = |issuer: &str| CrlDraft {
+        issuer_id: issuer.into(),
+        this_update: now,
+        next_update: now + 10,
+        entries_after: Some(now),
+    };
+    let counters = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+        v.iter().map(|(i, n)| (i.to_string(), *n)).collect()
+    };
+    assert_eq!(
+        store.raise_crl_numbers(2).await.expect("raise"),
+        counters(&[("_tls", 2), ("dev", 3), ("prod", 2), ("root", 2)]),
+        "raised to the floor, created where missing, never lowered"
+    );
+    assert_eq!(
+        store.generate_crl(&draft("prod"), &sign).await.expect("crl").number,
+        3
+    );
+    let floor = 1_700_000_000_000;
+    assert_eq!(
+        store.raise_crl_numbers(floor).await.expect("raise"),
+        counters(&[("_tls", floor), ("dev", floor), ("prod", floor), ("root", floor)])
+    );
+    let next = store.generate_crl(&draft("dev"), &sign).await.expect("crl");
+    assert_eq!(next.number, floor + 1);
+    assert_eq!(store.crl("dev").await.expect("crl"), Some(next));
+    assert_eq!(
+        store.raise_crl_numbers(5).await.expect("raise")[1],
+        ("dev".to_string(), floor + 1),
+        "a lower floor changes nothing"
+    );
 }
 
 async fn tokens(store: &dyn Store) {

@@ -17,7 +17,7 @@ pub use postgres::{PgSettings, PgStore, redact_url};
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
-pub use sqlite::SqliteStore;
+pub use sqlite::{DatabaseSummary, SqliteStore};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -63,6 +63,9 @@ pub enum StoreError {
         /// Newest migration this build knows.
         needed: i64,
     },
+    /// A file offered as a CA database (a backup to restore) is not one this build can use.
+    #[error("not a usable CA database: {0}")]
+    NotCaDatabase(String),
     /// The database schema is newer than this build knows.
     #[error(
         "the database schema is at version {found}, newer than this build knows ({known}); \
@@ -82,6 +85,7 @@ impl Classify for StoreError {
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
+            StoreError::NotCaDatabase(_) => ErrorKind::BadRequest,
             StoreError::SchemaOutdated { .. } | StoreError::SchemaTooNew { .. } => {
                 ErrorKind::Conflict
             }
@@ -109,6 +113,8 @@ pub struct CaSettings {
     /// SHA-256 (hex) of the policy file every server must serve, as last published (at init,
     /// by `ca-server policy publish`, or by a SIGHUP reload); `None` before the first publication.
     pub policy_sha256: Option<String>,
+    /// The audit key (HMAC key of checkpoints), sealed like the CA keys; `None` until created.
+    pub audit_key: Option<String>,
 }
 
 /// Whether an authority is the root or an environment intermediate.
@@ -341,7 +347,8 @@ pub enum AuditResult {
 }
 
 impl AuditResult {
-    fn as_str(self) -> &'static str {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
         match self {
             AuditResult::Ok => "ok",
             AuditResult::Denied => "denied",
@@ -380,6 +387,60 @@ pub struct AuditEntry {
     pub result: AuditResult,
     /// Why (denials and errors), or a short detail.
     pub reason: Option<String>,
+}
+
+/// An audit entry with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedAudit {
+    /// The entry.
+    pub entry: AuditEntry,
+    /// Hash of the previous entry (`genesis` for the first chained entry); `None` for entries
+    /// written before the chain began.
+    pub prev_hash: Option<String>,
+    /// This entry's hash ([`audit_hash`] of `prev_hash` and its contents).
+    pub entry_hash: Option<String>,
+}
+
+/// A signed snapshot of the end of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// Row id.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Id of the last entry it covers (0: none yet).
+    pub last_id: i64,
+    /// That entry's hash (`genesis` before the first).
+    pub last_hash: String,
+    /// HMAC-SHA256 (hex) under the audit key of [`checkpoint_message`].
+    pub mac: String,
+}
+
+/// Computes a checkpoint's MAC, given the covered id, hash and time; inside the store's transaction.
+pub type CheckpointSigner<'a> = &'a (dyn Fn(i64, &str, i64) -> String + Send + Sync);
+
+/// The hash an entry carries: SHA-256 (hex) over the previous entry's hash and this entry's
+/// contents, in a fixed JSON encoding. The row id is not part of it (it is assigned on insert);
+/// order is kept by the link to the previous hash.
+pub fn audit_hash(prev_hash: &str, e: &AuditEntry) -> String {
+    let canonical = serde_json::json!([
+        "ca-audit-v1",
+        prev_hash,
+        e.at,
+        e.actor,
+        e.action,
+        e.env,
+        e.service,
+        e.serial,
+        e.result.as_str(),
+        e.reason,
+    ]);
+    crate::pki::Fingerprint::of(canonical.to_string().as_bytes()).to_hex()
+}
+
+/// What a checkpoint's MAC covers.
+pub fn checkpoint_message(last_id: i64, last_hash: &str, at: i64) -> String {
+    format!("ca-audit-checkpoint-v1\n{last_id}\n{last_hash}\n{at}")
 }
 
 /// An enrollment token. The secret itself is never stored, only its SHA-256.
@@ -577,6 +638,11 @@ pub trait Store: Send + Sync {
     ) -> Result<CrlRecord, StoreError>;
     /// The latest stored CRL of `issuer_id`.
     async fn crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError>;
+    /// Raises the CRL counter of every authority to at least `floor` (an authority without a
+    /// counter gets one at `floor`) in one transaction, and returns every counter afterwards,
+    /// ordered by issuer. A counter above `floor` is left alone: counters never go down. Run
+    /// after a restore, so that numbers published after the backup are never handed out again.
+    async fn raise_crl_numbers(&self, floor: i64) -> Result<Vec<(String, i64)>, StoreError>;
     /// Claims a period of a scheduled job; `true` if this caller is to run it: the period is
     /// later than any claimed before, and the last run finished or its lease ran out (so runs
     /// never overlap unless one outlives its lease). Every grant is kept in the job's history.
@@ -592,6 +658,22 @@ pub trait Store: Send + Sync {
         let _ = hook;
         Ok(false)
     }
+    /// Entries with their chain hashes, id after `after_id`, oldest first, at most `limit`.
+    async fn audit_chain(&self, after_id: i64, limit: u32)
+    -> Result<Vec<ChainedAudit>, StoreError>;
+    /// The end of the audit chain: (last id, last hash).
+    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
+    /// Records a checkpoint of the chain's end as of now (`sign` gives its MAC), in the
+    /// transaction that holds the chain.
+    async fn audit_checkpoint(
+        &self,
+        at: i64,
+        sign: CheckpointSigner<'_>,
+    ) -> Result<AuditCheckpoint, StoreError>;
+    /// Every checkpoint, oldest first.
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError>;
+    /// Stores the sealed audit key unless one exists; returns whether this one was stored.
+    async fn set_audit_key(&self, sealed: &str) -> Result<bool, StoreError>;
     /// Whether several servers may share this database (then they must agree on the policy).
     fn shared_by_servers(&self) -> bool {
         false

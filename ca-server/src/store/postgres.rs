@@ -13,9 +13,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, ChangeHook, CrlDraft, CrlRecord, CrlSigner, Issuance,
-    IssuedVia, JobClaim, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
+    AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings,
+    CertStatus, CertificateFilter, CertificateRecord, ChainedAudit, ChangeHook, CheckpointSigner,
+    CrlDraft, CrlRecord, CrlSigner, Issuance, IssuedVia, JobClaim, NewCa, RevokedEntry, Store,
+    StoreError, TokenRecord, sql,
 };
 use crate::duration::HumanDuration;
 use crate::pki::Serial;

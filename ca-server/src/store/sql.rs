@@ -17,6 +17,12 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// The end of the audit chain as a transaction holds it.
+pub(super) struct Chain {
+    pub(super) last_id: i64,
+    pub(super) last_hash: String,
+}
+
 /// JSON text of a list of strings.
 pub(super) fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
@@ -169,13 +175,40 @@ macro_rules! sql_store {
             })
         }
 
-        async fn insert_audit<'e, E>(exec: E, e: &AuditEntry) -> Result<(), StoreError>
-        where
-            E: sqlx::Executor<'e, Database = $db>,
-        {
-            sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, env, service, serial, result, reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        /// The end of the audit chain, locked until the transaction ends (a no-op UPDATE takes
+        /// the row lock on both backends), so appends chain in commit order on every server.
+        async fn lock_chain(conn: &mut DbConn) -> Result<sql::Chain, StoreError> {
+            use sqlx::Row;
+            let row = sqlx::query(
+                "UPDATE audit_head SET last_id = last_id WHERE id = 1 RETURNING last_id, last_hash",
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(sql::Chain {
+                last_id: row.try_get("last_id")?,
+                last_hash: row.try_get("last_hash")?,
+            })
+        }
+
+        async fn save_chain(conn: &mut DbConn, chain: &sql::Chain) -> Result<(), StoreError> {
+            sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
+                .bind(chain.last_id)
+                .bind(&chain.last_hash)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// Appends `e` to the chain held by `chain` (see [`lock_chain`]).
+        async fn insert_audit(
+            conn: &mut DbConn,
+            chain: &mut sql::Chain,
+            e: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            let hash = super::audit_hash(&chain.last_hash, e);
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO audit_log (at, actor, action, env, service, serial, result, reason, \
+                 prev_hash, entry_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             )
             .bind(e.at)
             .bind(&e.actor)
@@ -185,9 +218,20 @@ macro_rules! sql_store {
             .bind(&e.serial)
             .bind(e.result.as_str())
             .bind(&e.reason)
-            .execute(exec)
+            .bind(&chain.last_hash)
+            .bind(&hash)
+            .fetch_one(&mut *conn)
             .await?;
+            chain.last_id = id;
+            chain.last_hash = hash;
             Ok(())
+        }
+
+        /// Appends one entry in its own transaction.
+        async fn append_one(conn: &mut DbConn, e: &AuditEntry) -> Result<(), StoreError> {
+            let mut chain = lock_chain(conn).await?;
+            insert_audit(conn, &mut chain, e).await?;
+            save_chain(conn, &chain).await
         }
 
         /// Inserts a certificate row if its serial is reserved, its issuer exists and neither
@@ -267,6 +311,7 @@ macro_rules! sql_store {
         /// given back in the same transaction. An outer error fails the whole batch.
         async fn commit_one(
             conn: &mut DbConn,
+            chain: &mut sql::Chain,
             item: &Issuance,
         ) -> Result<Result<(), StoreError>, StoreError> {
             if let Some(t) = &item.token
@@ -287,7 +332,7 @@ macro_rules! sql_store {
                 }
                 Err(e) => return Err(e),
             }
-            insert_audit(&mut *conn, &item.audit).await?;
+            insert_audit(conn, chain, &item.audit).await?;
             Ok(Ok(()))
         }
 
@@ -300,7 +345,8 @@ macro_rules! sql_store {
                 let s = &ca.settings;
                 let res = sqlx::query(
                     "INSERT INTO ca_settings (id, trust_domain, policy_path, keys_sealed, root_offline, \
-                     server_names, created_at, policy_sha256) VALUES (1, $1, $2, $3, $4, $5, $6, $7)",
+                     server_names, created_at, policy_sha256, audit_key) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&s.trust_domain)
                 .bind(&s.policy_path)
@@ -309,6 +355,7 @@ macro_rules! sql_store {
                 .bind(sql::json_list(&s.server_names))
                 .bind(s.created_at)
                 .bind(&s.policy_sha256)
+                .bind(&s.audit_key)
                 .execute(&mut *tx)
                 .await;
                 match res {
@@ -347,7 +394,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                insert_audit(&mut *tx, &ca.audit).await?;
+                append_one(&mut tx, &ca.audit).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -356,7 +403,7 @@ macro_rules! sql_store {
                 use sqlx::Row;
                 let row = sqlx::query(
                     "SELECT trust_domain, policy_path, keys_sealed, root_offline, server_names, \
-                     created_at, policy_sha256 FROM ca_settings WHERE id = 1",
+                     created_at, policy_sha256, audit_key FROM ca_settings WHERE id = 1",
                 )
                 .fetch_optional(&self.pool)
                 .await?;
@@ -372,6 +419,7 @@ macro_rules! sql_store {
                         )?,
                         created_at: r.try_get("created_at")?,
                         policy_sha256: r.try_get("policy_sha256")?,
+                        audit_key: r.try_get("audit_key")?,
                     })
                 })
                 .transpose()
@@ -401,7 +449,7 @@ macro_rules! sql_store {
             ) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await?;
                 insert_certificate_row(&mut tx, c).await?;
-                insert_audit(&mut *tx, audit).await?;
+                append_one(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -429,11 +477,13 @@ macro_rules! sql_store {
                 batch: &[Issuance],
             ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
                 let mut tx = self.pool.begin().await?;
+                let mut chain = lock_chain(&mut tx).await?;
                 let mut results: Vec<Option<Result<(), StoreError>>> =
                     (0..batch.len()).map(|_| None).collect();
                 for i in sql::commit_order(batch) {
-                    results[i] = Some(commit_one(&mut tx, &batch[i]).await?);
+                    results[i] = Some(commit_one(&mut tx, &mut chain, &batch[i]).await?);
                 }
+                save_chain(&mut tx, &chain).await?;
                 tx.commit().await?;
                 Ok(results
                     .into_iter()
@@ -477,7 +527,10 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-                insert_audit(&self.pool, entry).await
+                let mut tx = self.pool.begin().await?;
+                append_one(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn audit_entries(
@@ -617,7 +670,7 @@ macro_rules! sql_store {
                         None => StoreError::NotFound(format!("no certificate with serial {serial}")),
                     });
                 }
-                insert_audit(&mut *tx, audit).await?;
+                append_one(&mut tx, audit).await?;
                 if let Some(notify) = REVOKE_NOTIFY {
                     sqlx::query(notify).bind(serial.to_hex()).execute(&mut *tx).await?;
                 }
@@ -694,6 +747,33 @@ macro_rules! sql_store {
                 .transpose()
             }
 
+            async fn raise_crl_numbers(
+                &self,
+                floor: i64,
+            ) -> Result<Vec<(String, i64)>, StoreError> {
+                use sqlx::Row;
+                let mut tx = self.pool.begin().await?;
+                // `WHERE true` lets SQLite parse the upsert of an INSERT ... SELECT.
+                sqlx::query(
+                    "INSERT INTO crl_numbers (issuer_id, last_number) \
+                     SELECT id, $1 FROM authorities WHERE true \
+                     ON CONFLICT (issuer_id) DO UPDATE SET last_number = excluded.last_number \
+                     WHERE crl_numbers.last_number < excluded.last_number",
+                )
+                .bind(floor)
+                .execute(&mut *tx)
+                .await?;
+                let rows = sqlx::query(
+                    "SELECT issuer_id, last_number FROM crl_numbers ORDER BY issuer_id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("issuer_id")?, r.try_get("last_number")?)))
+                    .collect()
+            }
+
             async fn claim_job(&self, c: &JobClaim) -> Result<bool, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
@@ -767,6 +847,92 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn audit_chain(
+                &self,
+                after_id: i64,
+                limit: u32,
+            ) -> Result<Vec<ChainedAudit>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ChainedAudit {
+                            entry: audit_from_row(r)?,
+                            prev_hash: r.try_get("prev_hash")?,
+                            entry_hash: r.try_get("entry_hash")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+                use sqlx::Row;
+                let r = sqlx::query("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((r.try_get("last_id")?, r.try_get("last_hash")?))
+            }
+
+            async fn audit_checkpoint(
+                &self,
+                at: i64,
+                sign: CheckpointSigner<'_>,
+            ) -> Result<AuditCheckpoint, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let chain = lock_chain(&mut tx).await?;
+                let mac = sign(chain.last_id, &chain.last_hash, at);
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO audit_checkpoints (at, last_id, last_hash, mac) \
+                     VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .bind(at)
+                .bind(chain.last_id)
+                .bind(&chain.last_hash)
+                .bind(&mac)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(AuditCheckpoint {
+                    id,
+                    at,
+                    last_id: chain.last_id,
+                    last_hash: chain.last_hash,
+                    mac,
+                })
+            }
+
+            async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(AuditCheckpoint {
+                            id: r.try_get("id")?,
+                            at: r.try_get("at")?,
+                            last_id: r.try_get("last_id")?,
+                            last_hash: r.try_get("last_hash")?,
+                            mac: r.try_get("mac")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn set_audit_key(&self, sealed: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE ca_settings SET audit_key = $1 WHERE id = 1 AND audit_key IS NULL",
+                )
+                .bind(sealed)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn publish_policy(
                 &self,
                 sha256: &str,
@@ -780,7 +946,7 @@ macro_rules! sql_store {
                 if done.rows_affected() != 1 {
                     return Err(StoreError::NotFound("no CA in this database".into()));
                 }
-                insert_audit(&mut *tx, audit).await?;
+                append_one(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
             }
