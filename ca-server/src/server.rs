@@ -639,6 +639,36 @@ mod tests {
     }
 
     #[test]
+    fn database_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "database_url = \"mysql://ca@127.0.0.1/ca\"\n").expect("write");
+        let e = ServeConfig::load(&p).expect_err("not postgres");
+        assert!(e.to_string().contains("database_url"), "{e}");
+        std::fs::write(&p, "[database]\nmax_connections = 0\n").expect("write");
+        let e = ServeConfig::load(&p).expect_err("no connections");
+        assert!(e.to_string().contains("max_connections"), "{e}");
+        std::fs::write(&p, "[database]\nstatement_timeout = \"5ms\"\n").expect("write");
+        let e = ServeConfig::load(&p).expect_err("too short");
+        assert!(e.to_string().contains("statement_timeout"), "{e}");
+        std::fs::write(&p, "[database]\npool_size = 3\n").expect("write");
+        let e = ServeConfig::load(&p).expect_err("unknown key");
+        assert!(e.to_string().contains("pool_size"), "{e}");
+        std::fs::write(
+            &p,
+            "database_url = \"postgres://ca@127.0.0.1:5432/ca\"\njob_lease = \"2m\"\n[database]\nmax_connections = 2\n",
+        )
+        .expect("write");
+        let c = ServeConfig::load(&p).expect("valid");
+        assert_eq!(c.database.max_connections, 2);
+        assert_eq!(c.job_lease.0, Duration::minutes(2));
+        assert_eq!(
+            c.database.acquire_timeout,
+            crate::store::PgSettings::default().acquire_timeout
+        );
+    }
+
+    #[test]
     fn config_refuses_unknown_keys_and_bad_values() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("c.toml");
