@@ -69,6 +69,26 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Takes a shared lock (`flock`) on directory `dir`, waiting while an exclusive one is held; it
+/// lasts as long as the returned handle. `serve` holds one on its data directory, so that
+/// `restore` can tell a running server from an idle one and a server cannot start mid-restore.
+pub fn lock_dir_shared(dir: &Path) -> io::Result<File> {
+    let f = File::open(dir)?;
+    f.lock_shared()?;
+    Ok(f)
+}
+
+/// Takes an exclusive lock on directory `dir` unless some process holds a lock on it (`None`);
+/// it lasts as long as the returned handle.
+pub fn try_lock_dir_exclusive(dir: &Path) -> io::Result<Option<File>> {
+    let f = File::open(dir)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Checks, without creating anything, that `dir` could receive files: an existing writable
 /// directory, or a missing one whose nearest existing ancestor is a writable directory.
 pub fn check_output_dir(dir: &Path) -> io::Result<()> {
@@ -119,6 +139,20 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_shared_directory_lock_keeps_the_exclusive_one_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = lock_dir_shared(dir.path()).expect("shared");
+        let second = lock_dir_shared(dir.path()).expect("shared locks coexist");
+        assert!(try_lock_dir_exclusive(dir.path()).expect("try").is_none());
+        drop(first);
+        assert!(try_lock_dir_exclusive(dir.path()).expect("try").is_none());
+        drop(second);
+        let held = try_lock_dir_exclusive(dir.path()).expect("try");
+        assert!(held.is_some());
+        assert!(try_lock_dir_exclusive(dir.path()).expect("try").is_none());
     }
 
     #[test]

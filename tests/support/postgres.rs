@@ -166,6 +166,13 @@ impl TempPostgres {
         out.stdout
     }
 
+    /// A command for PostgreSQL program `prog` (`pg_dump`, `pg_restore`, ...) of the version in
+    /// use, run as [`TempPostgres::psql`] is: in [`TempPostgres::dir`], as `nobody:nogroup` when
+    /// this process is root, without PG* variables.
+    pub fn program(&self, prog: &str) -> Command {
+        self.command(prog)
+    }
+
     /// Crashes the server: `pg_ctl stop -m immediate` (no shutdown checkpoint; the next start
     /// runs crash recovery from the WAL).
     pub fn stop_immediate(&mut self) {

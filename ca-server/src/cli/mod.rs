@@ -19,6 +19,7 @@ use crate::service::{Ca, CaOptions};
 use crate::store::{PgSettings, PgStore, SqliteStore, Store};
 
 mod audit;
+mod backup;
 mod certs;
 mod init;
 mod migrate;
@@ -28,6 +29,7 @@ mod serve;
 mod tokens;
 
 use audit::{AuditArgs, audit};
+use backup::{BackupArgs, RestoreArgs, backup, restore};
 use certs::{BundleArgs, CertsCommand, IssueArgs, bundle, certs_list, certs_show, issue};
 use init::{InitArgs, init};
 use migrate::{MigrateArgs, migrate};
@@ -96,6 +98,10 @@ enum Command {
     Revoke(RevokeArgs),
     /// Issue a CRL now and write it to a file.
     Crl(CrlArgs),
+    /// Write a consistent snapshot of a SQLite CA while it serves (PostgreSQL: use pg_dump).
+    Backup(BackupArgs),
+    /// Put a backup into service; CRL numbers continue above every number published before.
+    Restore(RestoreArgs),
 }
 
 /// A CLI failure: a one-line message and the kind that picks the exit code.
@@ -199,6 +205,8 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Token(TokenCommand::Revoke(a)) => token_revoke(&cli, a).await,
         Command::Revoke(a) => revoke(&cli, a).await,
         Command::Crl(a) => crl(&cli, a).await,
+        Command::Backup(a) => backup(&cli, a).await,
+        Command::Restore(a) => restore(&cli, a).await,
     }
 }
 

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::duration::HumanDuration;
 use crate::error::ErrorKind;
+use crate::files;
 use crate::policy::Policy;
 use crate::server::ServeConfig;
 use crate::service::Ca;
@@ -60,6 +61,19 @@ pub(super) async fn serve(cli: &Cli, a: &ServeArgs) -> CliResult<()> {
         _ => location(cli)?,
     };
     cfg.policy_file = cli.policy.clone();
+    // Held while serving: `ca-server restore` refuses to replace the database under a running
+    // server, and a server started during a restore waits for it to finish.
+    let _data_dir_lock = match place {
+        Location::Dir(dir) => match files::lock_dir_shared(dir) {
+            Ok(lock) => Some(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot lock the data directory; `ca-server restore` cannot tell that this server runs");
+                None
+            }
+        },
+        Location::Postgres(_) => None,
+    };
     let ca = Arc::new(open_ca_with(cli, place, cfg.ca_options(), &cfg.database).await?);
     spawn_policy_reloader(ca.clone(), cli.policy.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

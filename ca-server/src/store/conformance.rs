@@ -752,13 +752,22 @@ async fn crl_counters(store: &dyn Store, now: i64) {
         "raised to the floor, created where missing, never lowered"
     );
     assert_eq!(
-        store.generate_crl(&draft("prod"), &sign).await.expect("crl").number,
+        store
+            .generate_crl(&draft("prod"), &sign)
+            .await
+            .expect("crl")
+            .number,
         3
     );
     let floor = 1_700_000_000_000;
     assert_eq!(
         store.raise_crl_numbers(floor).await.expect("raise"),
-        counters(&[("_tls", floor), ("dev", floor), ("prod", floor), ("root", floor)])
+        counters(&[
+            ("_tls", floor),
+            ("dev", floor),
+            ("prod", floor),
+            ("root", floor)
+        ])
     );
     let next = store.generate_crl(&draft("dev"), &sign).await.expect("crl");
     assert_eq!(next.number, floor + 1);

@@ -165,8 +165,10 @@ fn busy(e: &sqlx::Error) -> bool {
 /// A file SQLite cannot read as a database (SQLITE_CORRUPT, SQLITE_NOTADB) is unusable, not an
 /// internal failure.
 fn unusable_file(e: sqlx::Error) -> StoreError {
-    match primary_code(&e) {
-        Some(11 | 26) => StoreError::NotCaDatabase(format!("not a SQLite database ({e})")),
+    match (&e, primary_code(&e)) {
+        (sqlx::Error::Database(db), Some(11 | 26)) => {
+            StoreError::NotCaDatabase(format!("not a SQLite database ({})", db.message()))
+        }
         _ => e.into(),
     }
 }
@@ -229,9 +231,8 @@ async fn verify_connection(conn: &mut SqliteConnection) -> Result<DatabaseSummar
         sqlx::query_scalar("SELECT trust_domain FROM ca_settings WHERE id = 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let trust_domain = trust_domain.ok_or_else(|| {
-        unusable("it holds no CA settings row (no initialised CA)".into())
-    })?;
+    let trust_domain = trust_domain
+        .ok_or_else(|| unusable("it holds no CA settings row (no initialised CA)".into()))?;
     let certificates: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
         .fetch_one(&mut *conn)
         .await?;
@@ -308,22 +309,31 @@ mod tests {
         assert_eq!(summary.certificates, certificates);
         assert!(certificates > 0);
         assert_eq!(summary.newest_audit, Some(newest));
-        let known = MIGRATOR.iter().map(|m| m.version).max().expect("migrations");
+        let known = MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .expect("migrations");
         assert_eq!(summary.schema_version, known);
-        assert_eq!(mode(&out), 0o600, "SQLite keeps the mode of the file it fills");
+        assert_eq!(
+            mode(&out),
+            0o600,
+            "SQLite keeps the mode of the file it fills"
+        );
         assert!(
             !dir.path().join("backup.db-wal").exists(),
             "the backup is one self-contained file"
         );
 
-        std::fs::write(dir.path().join("taken"), b"x").expect("write");
+        let before = std::fs::read(&out).expect("read");
         assert!(
             store
-                .backup_into(dir.path().join("taken").to_str().expect("utf8"))
+                .backup_into(out.to_str().expect("utf8"))
                 .await
                 .is_err(),
-            "a non-empty file is never overwritten"
+            "a database is never overwritten"
         );
+        assert_eq!(std::fs::read(&out).expect("read"), before);
 
         assert!(matches!(
             SqliteStore::take_offline(&live).await,
@@ -333,7 +343,10 @@ mod tests {
         SqliteStore::take_offline(&live).await.expect("offline");
         assert!(!dir.path().join("ca.db-wal").exists());
         assert_eq!(
-            SqliteStore::verify_file(&live).await.expect("whole").newest_audit,
+            SqliteStore::verify_file(&live)
+                .await
+                .expect("whole")
+                .newest_audit,
             Some(newest),
             "the write-ahead log went into the file"
         );
@@ -350,9 +363,15 @@ mod tests {
         };
 
         let text = dir.path().join("text");
-        std::fs::write(&text, "not a database at all, but long enough to have a header".repeat(20))
-            .expect("write");
-        refused(SqliteStore::verify_file(&text).await, "not a SQLite database");
+        std::fs::write(
+            &text,
+            "not a database at all, but long enough to have a header".repeat(20),
+        )
+        .expect("write");
+        refused(
+            SqliteStore::verify_file(&text).await,
+            "not a SQLite database",
+        );
 
         let empty = dir.path().join("empty.db");
         let store = SqliteStore::open(&empty, true).await.expect("open");
@@ -361,10 +380,17 @@ mod tests {
             .await
             .expect("drop");
         store.close().await;
-        refused(SqliteStore::verify_file(&empty).await, "no migrations table");
+        refused(
+            SqliteStore::verify_file(&empty).await,
+            "no migrations table",
+        );
 
         let no_ca = dir.path().join("no-ca.db");
-        SqliteStore::open(&no_ca, true).await.expect("open").close().await;
+        SqliteStore::open(&no_ca, true)
+            .await
+            .expect("open")
+            .close()
+            .await;
         refused(SqliteStore::verify_file(&no_ca).await, "no CA settings");
 
         let newer = dir.path().join("newer.db");
@@ -377,7 +403,10 @@ mod tests {
         .await
         .expect("insert");
         store.close().await;
-        refused(SqliteStore::verify_file(&newer).await, "migration 9999, unknown");
+        refused(
+            SqliteStore::verify_file(&newer).await,
+            "migration 9999, unknown",
+        );
 
         let edited = dir.path().join("edited.db");
         let store = SqliteStore::open(&edited, true).await.expect("open");
@@ -386,7 +415,10 @@ mod tests {
             .await
             .expect("update");
         store.close().await;
-        refused(SqliteStore::verify_file(&edited).await, "migration 1 differs");
+        refused(
+            SqliteStore::verify_file(&edited).await,
+            "migration 1 differs",
+        );
 
         let damaged = dir.path().join("damaged.db");
         let store = SqliteStore::open(&damaged, true).await.expect("open");
