@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ca_wire::client::{ApiClient, ClientError, ClientIdentity};
-use ca_wire::{CaInfo, CertificateResponse, EnrollRequest, RenewRequest};
+use ca_wire::{CaInfo, CertificateResponse, EnrollRequest, EnrollmentToken, RenewRequest};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
 use zeroize::Zeroizing;
@@ -80,6 +80,15 @@ pub struct KeyAndCsr {
     pub csr_der: Vec<u8>,
 }
 
+impl std::fmt::Debug for KeyAndCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAndCsr")
+            .field("key_pem", &"<redacted>")
+            .field("csr_pem", &self.csr_pem)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Generates a fresh key of `key_type` and a CSR for it with common name `service`.
 pub fn new_key(key_type: &str, service: &str) -> Result<KeyAndCsr, AgentError> {
     key_and_csr(key_type, service, &[])
@@ -106,7 +115,7 @@ fn key_and_csr(key_type: &str, cn: &str, dns: &[String]) -> Result<KeyAndCsr, Ag
     };
     let fail =
         |e: rcgen::Error| AgentError::new(Exit::Transient, format!("key generation failed: {e}"));
-    let key = rcgen::KeyPair::generate_for(alg).map_err(fail)?;
+    let key = Zeroizing::new(rcgen::KeyPair::generate_for(alg).map_err(fail)?);
     let mut params = rcgen::CertificateParams::new(dns.to_vec()).map_err(fail)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     if !cn.is_empty() && cn.len() <= 64 {
@@ -114,7 +123,7 @@ fn key_and_csr(key_type: &str, cn: &str, dns: &[String]) -> Result<KeyAndCsr, Ag
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
     }
-    let csr = params.serialize_request(&key).map_err(fail)?;
+    let csr = params.serialize_request(&*key).map_err(fail)?;
     Ok(KeyAndCsr {
         key_pem: Zeroizing::new(key.serialize_pem()),
         csr_pem: csr.pem().map_err(fail)?,
@@ -378,12 +387,11 @@ impl Agent {
 
     /// The current enrollment token, read fresh: `--token-file`, `CA_AGENT_TOKEN`, the config's
     /// `token_file`, then `token`.
-    fn token(&self) -> Option<String> {
+    fn token(&self) -> Option<EnrollmentToken> {
         let from_file = |p: &Path| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
+            let text = Zeroizing::new(std::fs::read_to_string(p).ok()?);
+            let token = text.trim();
+            (!token.is_empty()).then(|| EnrollmentToken::new(token.to_string()))
         };
         self.token_file
             .as_deref()
@@ -391,7 +399,8 @@ impl Agent {
             .or_else(|| {
                 std::env::var("CA_AGENT_TOKEN")
                     .ok()
-                    .filter(|t| !t.trim().is_empty())
+                    .map(EnrollmentToken::new)
+                    .filter(|t| !t.expose().trim().is_empty())
             })
             .or_else(|| self.cfg.token_file.as_deref().and_then(from_file))
             .or_else(|| self.cfg.token.clone())
@@ -456,7 +465,6 @@ impl Agent {
     /// The current certificate if it is present, consistent, chains to its roots and is unexpired.
     async fn current(&self, cert: &CertConfig, layout: &Layout) -> Option<Current> {
         let (key, _, chain) = layout.read_current()?;
-        let key = Zeroizing::new(key);
         match self.check(cert, &key, &chain, false).await {
             Ok((info, _)) => {
                 let (_, leaf) = leaf_pem(&chain).ok()?;
@@ -534,12 +542,12 @@ impl Agent {
         &self,
         cert: &CertConfig,
         layout: &Layout,
-        token: &str,
+        token: &EnrollmentToken,
     ) -> Result<CertInfo, Failure> {
         let p = self.private()?;
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = EnrollRequest {
-            token: token.to_string(),
+            token: token.clone(),
             csr: key.csr_pem.clone(),
             dns: cert.dns.clone(),
             ips: cert.ips.clone(),
@@ -835,7 +843,6 @@ impl Agent {
                 format!("{name}: no certificate in {}", cert.dir.display()),
             )
         })?;
-        let key = Zeroizing::new(key);
         let (_, leaf) = leaf_pem(&chain).map_err(|e| AgentError::new(Exit::Usage, e))?;
         let serial = x509_parser::parse_x509_certificate(&leaf)
             .map(|(_, c)| crate::validate::serial_hex(c.raw_serial()))

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ca_wire::EnrollmentToken;
 use serde::Deserialize;
 
 /// A validated configuration.
@@ -21,9 +22,9 @@ pub struct AgentConfig {
     pub root_fingerprint: Option<String>,
     /// Where the agent keeps its state: the pinned root, status and pid file.
     pub state_dir: PathBuf,
-    /// Enrollment token (prefer `--token-file` or `CA_AGENT_TOKEN`).
+    /// Enrollment token (prefer `--token-file` or `CA_AGENT_TOKEN`); `Debug` shows its id only.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<EnrollmentToken>,
     /// File holding an enrollment token, re-read whenever the agent needs to enroll.
     #[serde(default)]
     pub token_file: Option<PathBuf>,

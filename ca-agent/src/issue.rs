@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use ca_wire::client::ApiClient;
-use ca_wire::{CertificateResponse, EnrollRequest};
+use ca_wire::{CertificateResponse, EnrollRequest, EnrollmentToken};
 
 use crate::agent::{AgentError, Exit, new_key, pinned_root};
 use crate::status::now;
@@ -20,8 +20,8 @@ pub struct IssueArgs {
     pub server: String,
     /// Pinned root fingerprint.
     pub root_fingerprint: String,
-    /// Enrollment token.
-    pub token: String,
+    /// Enrollment token (`Debug` shows its id only).
+    pub token: EnrollmentToken,
     /// Environment.
     pub env: String,
     /// Service.
@@ -51,7 +51,7 @@ pub async fn issue(a: &IssueArgs) -> Result<CertInfo, AgentError> {
     let client = ApiClient::new(&a.server, root.as_bytes(), None)?;
     let key = new_key(&a.key_type, &a.service)?;
     let req = EnrollRequest {
-        token: a.token.trim().to_string(),
+        token: EnrollmentToken::new(a.token.expose().trim().to_string()),
         csr: key.csr_pem.clone(),
         dns: a.dns.clone(),
         ips: a.ips.clone(),

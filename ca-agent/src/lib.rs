@@ -10,6 +10,8 @@ pub mod config;
 pub mod hooks;
 pub mod issue;
 pub mod metrics;
+#[cfg(test)]
+mod redaction;
 pub mod schedule;
 pub mod status;
 pub mod validate;

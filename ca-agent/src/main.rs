@@ -96,7 +96,7 @@ struct IssueCmd {
     root_fingerprint: String,
     /// Enrollment token (or CA_AGENT_TOKEN).
     #[arg(long, env = "CA_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    token: ca_wire::EnrollmentToken,
     /// Environment.
     #[arg(long)]
     env: String,

@@ -87,6 +87,7 @@ fn check_common(key_pem: &str, chain_pem: &str, now: i64) -> Result<Checked, Val
         X509Certificate::from_der(leaf).map_err(|e| ValidateError::Parse(e.to_string()))?;
 
     let key = rcgen::KeyPair::from_pem(key_pem)
+        .map(zeroize::Zeroizing::new)
         .map_err(|_| ValidateError::Parse("private key is not PKCS#8 PEM".into()))?;
     use rcgen::PublicKeyData;
     if key.subject_public_key_info() != cert.public_key().raw {

@@ -32,6 +32,15 @@ pub struct Material<'a> {
     pub serial: &'a str,
 }
 
+impl std::fmt::Debug for Material<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("key_pem", &"<redacted>")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Ownership and key mode applied to written files.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
@@ -49,16 +58,18 @@ pub struct Layout {
     dir: PathBuf,
 }
 
+/// Creates `path` with `mode` (never wider: it does not exist before) and its final owner, and
+/// only then writes `data`: no one outside the intended owner and group ever sees a byte.
 fn write_new(path: &Path, data: &[u8], mode: u32, own: &Ownership) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)?;
-    f.write_all(data)?;
     if own.uid.is_some() || own.gid.is_some() {
         std::os::unix::fs::fchown(&f, own.uid, own.gid)?;
     }
+    f.write_all(data)?;
     f.sync_all()
 }
 
@@ -132,11 +143,13 @@ impl Layout {
         resolved.is_dir().then_some(resolved)
     }
 
-    /// Key, leaf and chain of the current version (read through one resolution of `current`).
-    pub fn read_current(&self) -> Option<(String, String, String)> {
+    /// Key (zeroized on drop), leaf and chain of the current version (read through one
+    /// resolution of `current`).
+    pub fn read_current(&self) -> Option<(zeroize::Zeroizing<String>, String, String)> {
         let v = self.current()?;
         let read = |f: &str| fs::read_to_string(v.join(f)).ok();
-        Some((read("key.pem")?, read("cert.pem")?, read("chain.pem")?))
+        let key = zeroize::Zeroizing::new(read("key.pem")?);
+        Some((key, read("cert.pem")?, read("chain.pem")?))
     }
 
     /// Writes a new version and flips `current` to it. The caller has validated the material.
@@ -159,7 +172,11 @@ impl Layout {
         let name = format!("{stamp:024}-{serial}");
         let vdir = versions.join(&name);
         fs::DirBuilder::new().mode(0o755).create(&vdir)?;
-        let combined = format!("{}{}", m.key_pem, m.chain_pem);
+        // Holds the key: zeroized, and sized up front so growing it leaves no copy behind.
+        let mut combined =
+            zeroize::Zeroizing::new(String::with_capacity(m.key_pem.len() + m.chain_pem.len()));
+        combined.push_str(m.key_pem);
+        combined.push_str(m.chain_pem);
         let written = (|| {
             write_new(
                 &vdir.join("key.pem"),
@@ -277,7 +294,7 @@ mod tests {
             l.publish(&m(&format!("0{i}"), &key, &cert), &own())
                 .expect("publish");
             let (k, c, _) = l.read_current().expect("current");
-            assert_eq!((k, c), (key.clone(), cert.clone()));
+            assert_eq!((k.as_str(), c), (key.as_str(), cert.clone()));
             assert_eq!(
                 fs::read_to_string(l.path("key.pem")).expect("stable link"),
                 key
@@ -317,7 +334,63 @@ mod tests {
         l.recover();
         assert!(!broken.exists());
         assert!(!tmp.path().join(".current.tmp-123").exists());
-        assert_eq!(l.read_current().map(|t| t.0), Some("K".to_string()));
+        assert_eq!(
+            l.read_current().map(|t| t.0.to_string()),
+            Some("K".to_string())
+        );
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_private_file_is_created_new_with_its_mode_never_through_a_planted_one() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"public").expect("write");
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let p = tmp.path().join("account.json");
+        // Whatever waits at the temporary name (a symlink to a readable file here) is not
+        // written through: the file is created anew, with its mode, before any byte is written.
+        let planted = tmp
+            .path()
+            .join(format!(".account.json.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("plant");
+        replace_file(&p, b"secret account key", 0o600).expect("write");
+        assert_eq!(fs::read(&victim).expect("read"), b"public");
+        assert_eq!(mode_of(&victim), 0o644);
+        assert!(fs::symlink_metadata(&p).expect("meta").is_file());
+        assert_eq!(mode_of(&p), 0o600);
+        assert_eq!(fs::read(&p).expect("read"), b"secret account key");
+        assert!(!planted.exists());
+    }
+
+    #[test]
+    fn published_keys_get_their_owner_and_mode() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = Layout::new(tmp.path());
+        let nobody = Ownership {
+            uid: Some(65534),
+            gid: Some(65534),
+            key_mode: 0o640,
+        };
+        let v = l
+            .publish(&m("01", "KEY", "CERT"), &nobody)
+            .expect("publish");
+        for (f, mode) in [
+            ("key.pem", 0o640),
+            ("combined.pem", 0o640),
+            ("cert.pem", 0o644),
+        ] {
+            let meta = fs::metadata(v.join(f)).expect("meta");
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{f}");
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{f}");
+        }
     }
 
     #[test]

@@ -43,22 +43,23 @@ impl Classify for AuthorityError {
     }
 }
 
-/// A CA private key (PKCS#8), with a `Debug` that never prints key bytes.
-pub struct CaKey(KeyPair);
+/// A CA private key (PKCS#8), with a `Debug` that never prints key bytes. The PKCS#8 copy the
+/// key pair keeps is zeroized on drop.
+pub struct CaKey(Zeroizing<KeyPair>);
 
 impl CaKey {
     /// A new ECDSA P-256 key.
     pub fn generate() -> Result<CaKey, AuthorityError> {
-        Ok(CaKey(KeyPair::generate_for(
+        Ok(CaKey(Zeroizing::new(KeyPair::generate_for(
             &rcgen::PKCS_ECDSA_P256_SHA256,
-        )?))
+        )?)))
     }
 
     /// Loads a PKCS#8 DER key.
     pub fn from_pkcs8(der: &[u8]) -> Result<CaKey, AuthorityError> {
         let key = KeyPair::try_from(der)
             .map_err(|_| AuthorityError::Issuer("key does not parse as PKCS#8".into()))?;
-        Ok(CaKey(key))
+        Ok(CaKey(Zeroizing::new(key)))
     }
 
     /// The PKCS#8 DER bytes, zeroized when dropped.

@@ -171,4 +171,31 @@ mod tests {
             0o700
         );
     }
+
+    #[test]
+    fn a_private_file_is_created_new_with_its_mode_never_through_a_planted_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"public").expect("write");
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let p = dir.path().join("key.pem");
+        // Whatever waits at the temporary name (a symlink to a readable file here) is not
+        // written through: the file is created anew, with its mode, before any byte is written.
+        let planted = dir
+            .path()
+            .join(format!(".key.pem.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("plant");
+        write_atomic(&p, b"secret key", PRIVATE).expect("write");
+        assert_eq!(fs::read(&victim).expect("read"), b"public");
+        let mode = |p: &Path| fs::symlink_metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&victim), 0o644);
+        assert!(fs::symlink_metadata(&p).expect("meta").is_file());
+        assert_eq!(mode(&p), 0o600);
+        assert!(!planted.exists());
+        // And a file that exists already is never opened for a private write.
+        assert_eq!(
+            create_new(&victim, PRIVATE).expect_err("exists").kind(),
+            io::ErrorKind::AlreadyExists
+        );
+    }
 }

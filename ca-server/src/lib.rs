@@ -16,6 +16,8 @@ pub mod files;
 pub mod ocsp;
 pub mod pki;
 pub mod policy;
+#[cfg(test)]
+mod redaction;
 pub mod sealed;
 pub mod server;
 pub mod service;

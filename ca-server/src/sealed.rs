@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::{Classify, ErrorKind};
 
@@ -137,22 +137,21 @@ impl Sealer {
             .fill(&mut nonce)
             .map_err(|_| SealError::Random)?;
         let key = aead_key(&self.key)?;
-        let mut buf = plaintext.to_vec();
-        let sealed = key.seal_in_place_append_tag(
+        // Room for the tag up front, so appending it never moves the plaintext to a new buffer.
+        let mut buf = Zeroizing::new(Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len()));
+        buf.extend_from_slice(plaintext);
+        key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(slot.as_bytes()),
-            &mut buf,
-        );
-        if sealed.is_err() {
-            buf.zeroize();
-            return Err(SealError::Random);
-        }
+            &mut *buf,
+        )
+        .map_err(|_| SealError::Random)?;
         Ok(format!(
             "{SEALED_PREFIX}:pbkdf2-sha256:{}:{}:{}:{}",
             self.iterations,
             hex::encode(self.salt),
             hex::encode(nonce),
-            hex::encode(&buf)
+            hex::encode(&*buf)
         ))
     }
 }
@@ -163,9 +162,15 @@ fn aead_key(key: &[u8; 32]) -> Result<LessSafeKey, SealError> {
         .map_err(|_| SealError::Random)
 }
 
-/// Stores a key in the clear (development only; the caller warns).
-pub fn plain(plaintext: &[u8]) -> String {
-    format!("{PLAIN_PREFIX}:{}", hex::encode(plaintext))
+/// Stores a key in the clear (development only; the caller warns). The text is the key, so it
+/// is zeroized when dropped too.
+pub fn plain(plaintext: &[u8]) -> Zeroizing<String> {
+    let hexed = Zeroizing::new(hex::encode(plaintext));
+    let mut out = Zeroizing::new(String::with_capacity(PLAIN_PREFIX.len() + 1 + hexed.len()));
+    out.push_str(PLAIN_PREFIX);
+    out.push(':');
+    out.push_str(&hexed);
+    out
 }
 
 /// Whether stored key text is sealed (needs a passphrase).

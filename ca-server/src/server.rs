@@ -219,7 +219,8 @@ impl ResolvesServerCert for RotatingCert {
 }
 
 fn certified_key(cert: &ServerCert) -> Result<Arc<CertifiedKey>, ServeError> {
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.to_vec()));
+    // Borrowed, not copied: the only copy of the PKCS#8 stays in its zeroizing buffer.
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.as_slice()));
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let chain = cert

@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
 
 use crate::Problem;
 
@@ -70,10 +71,10 @@ pub enum ClientError {
     },
 }
 
-/// A client certificate chain and its key.
+/// A client certificate chain and its key (zeroized on drop).
 pub struct ClientIdentity {
     chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: Zeroizing<PrivateKeyDer<'static>>,
 }
 
 impl std::fmt::Debug for ClientIdentity {
@@ -91,7 +92,10 @@ impl ClientIdentity {
         let chain = certs_from_pem(cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|_| ClientError::Config("client key is not a PEM private key".into()))?;
-        Ok(ClientIdentity { chain, key })
+        Ok(ClientIdentity {
+            chain,
+            key: Zeroizing::new(key),
+        })
     }
 }
 
@@ -228,8 +232,9 @@ impl ApiClient {
             .map_err(|e| ClientError::Config(e.to_string()))?
             .with_root_certificates(roots);
         let config = match identity {
+            // rustls zeroizes the copy it is handed once it has parsed it.
             Some(id) => builder
-                .with_client_auth_cert(id.chain, id.key)
+                .with_client_auth_cert(id.chain, id.key.clone_key())
                 .map_err(|e| {
                     ClientError::Config(format!("client certificate and key do not fit: {e}"))
                 })?,

@@ -9,13 +9,64 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Enrollment token text, `<id>.<secret>`: zeroized on drop, and its `Debug` shows at most the id.
+/// On the wire it is the plain string.
+#[derive(Clone)]
+pub struct EnrollmentToken(Zeroizing<String>);
+
+impl EnrollmentToken {
+    /// Wraps token text as given (the server trims and checks its shape).
+    pub fn new(text: String) -> EnrollmentToken {
+        EnrollmentToken(Zeroizing::new(text))
+    }
+
+    /// The whole text, secret included: for sending it, hashing it or showing it once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The token id (the part before the dot) when the text is shaped like one of ours.
+    pub fn id(&self) -> Option<&str> {
+        let (id, _) = self.0.trim().split_once('.')?;
+        (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+}
+
+impl From<String> for EnrollmentToken {
+    fn from(text: String) -> Self {
+        EnrollmentToken::new(text)
+    }
+}
+
+impl std::fmt::Debug for EnrollmentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id() {
+            Some(id) => write!(f, "EnrollmentToken({id}.<redacted>)"),
+            None => f.write_str("EnrollmentToken(<redacted>)"),
+        }
+    }
+}
+
+impl Serialize for EnrollmentToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for EnrollmentToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(EnrollmentToken::new)
+    }
+}
 
 /// `POST /v1/enroll`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// Enrollment token (`<id>.<secret>`).
-    pub token: String,
+    pub token: EnrollmentToken,
     /// PEM CSR.
     pub csr: String,
     /// DNS names (default: those the CSR requests).
@@ -186,6 +237,99 @@ impl std::fmt::Display for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first text form of `secret` found in `rendered` (whitespace ignored, so `{:#?}`
+    /// layouts count): 12-byte windows of the bytes as text, as hex in either case and as a
+    /// `[1, 2, ...]` byte list, and aligned 12-byte windows in standard or URL-safe base64, so
+    /// that a partial print is caught too.
+    fn leaked_form(rendered: &str, secret: &[u8]) -> Option<String> {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        let flat: String = rendered.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut forms: Vec<String> = Vec::new();
+        for w in secret.windows(secret.len().clamp(1, 12)) {
+            if let Ok(text) = std::str::from_utf8(w) {
+                forms.push(text.chars().filter(|c| !c.is_whitespace()).collect());
+            }
+            let hex: String = w.iter().map(|b| format!("{b:02x}")).collect();
+            forms.push(hex.to_uppercase());
+            forms.push(hex);
+            forms.push(w.iter().map(u8::to_string).collect::<Vec<_>>().join(","));
+        }
+        for start in (0..secret.len()).step_by(3) {
+            let w = &secret[start..secret.len().min(start + 12)];
+            forms.push(STANDARD_NO_PAD.encode(w));
+            forms.push(URL_SAFE_NO_PAD.encode(w));
+        }
+        forms
+            .into_iter()
+            .find(|f| f.len() >= 12.min(secret.len()) && flat.contains(f.as_str()))
+    }
+
+    /// Fails when `{:?}` or `{:#?}` of `value` shows any form of `secret`.
+    fn assert_redacted<T: std::fmt::Debug>(what: &str, value: &T, secret: &[u8]) {
+        for rendered in [format!("{value:?}"), format!("{value:#?}")] {
+            if let Some(form) = leaked_form(&rendered, secret) {
+                panic!("Debug of {what} shows its secret ({form}): {rendered}");
+            }
+        }
+    }
+
+    /// Every type of this crate that holds secret material; add new ones here:
+    /// - `EnrollmentToken` (shows the id only) and `EnrollRequest` (through its token),
+    /// - `client::ClientIdentity` (the client key).
+    #[test]
+    fn secret_holding_types_never_print_their_secrets() {
+        let id = "0123456789abcdef";
+        let secret = "feedfacecafebeef".repeat(4);
+        let token = EnrollmentToken::new(format!("{id}.{secret}"));
+        assert_redacted("EnrollmentToken", &token, secret.as_bytes());
+        assert!(format!("{token:?}").contains(id), "the id is shown");
+        let shapeless = EnrollmentToken::new(format!("not-an-id.{secret}"));
+        assert_redacted("EnrollmentToken", &shapeless, b"not-an-id");
+        assert_redacted("EnrollmentToken", &shapeless, secret.as_bytes());
+
+        let req = EnrollRequest {
+            token: token.clone(),
+            csr: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            dns: vec!["api.dev.svc.example.internal".into()],
+            ips: vec![],
+            ttl: None,
+            env: Some("dev".into()),
+            service: Some("api".into()),
+        };
+        assert_redacted("EnrollRequest", &req, secret.as_bytes());
+        // The wire format is the plain token text.
+        let json = serde_json::to_value(&req).expect("json");
+        assert_eq!(json["token"], format!("{id}.{secret}"));
+        let back: EnrollRequest = serde_json::from_value(json).expect("parses");
+        assert_eq!(back.token.expose(), token.expose());
+
+        let key_der = b"client private key: 0xC1E47-5EC2E7-0123456789".to_vec();
+        let key_pem = client::pem_encode("PRIVATE KEY", &key_der);
+        let cert_pem = client::pem_certificate(b"not really a certificate");
+        let identity = client::ClientIdentity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
+            .expect("identity");
+        assert_redacted("ClientIdentity", &identity, &key_der);
+        assert_redacted("ClientIdentity", &identity, key_pem.as_bytes());
+    }
+
+    #[test]
+    fn the_leak_check_sees_every_form() {
+        let secret = b"0123456789-SECRET-BYTES";
+        use base64::Engine;
+        for shown in [
+            format!("{:?}", String::from_utf8_lossy(secret)),
+            format!("{:#?}", secret.to_vec()),
+            format!("{:?}", &secret[3..15]),
+            secret.iter().map(|b| format!("{b:02X}")).collect(),
+            base64::engine::general_purpose::STANDARD.encode(secret),
+            base64::engine::general_purpose::URL_SAFE.encode(&secret[6..]),
+        ] {
+            assert!(leaked_form(&shown, secret).is_some(), "{shown}");
+        }
+        assert!(leaked_form("EnrollmentToken(<redacted>)", secret).is_none());
+    }
 
     #[test]
     fn private_names_are_those_under_an_environment_suffix() {

@@ -145,6 +145,15 @@ pub struct Issued {
     pub chain_pem: String,
 }
 
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("key_pem", &"<redacted>")
+            .field("chain_pem", &self.chain_pem)
+            .finish()
+    }
+}
+
 /// When to renew an ACME certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalPlan {
@@ -244,7 +253,8 @@ impl Acme {
             return Ok(a.clone());
         }
         let path = self.account_file(name);
-        if let Ok(text) = std::fs::read(&path) {
+        // The file holds the account key.
+        if let Ok(text) = std::fs::read(&path).map(zeroize::Zeroizing::new) {
             match serde_json::from_slice::<StoredAccount>(&text) {
                 Ok(stored)
                     if stored.directory == cfg.directory_url() && stored.eab_kid == cfg.eab_kid =>

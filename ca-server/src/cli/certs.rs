@@ -49,7 +49,23 @@ pub(super) struct IssueArgs {
     json: bool,
 }
 
-fn generate_csr(key_type: KeyType) -> CliResult<(Zeroizing<String>, Vec<u8>)> {
+/// A key generated for `issue` and the CSR for it.
+struct GeneratedKey {
+    /// PKCS#8 PEM, zeroized on drop.
+    key_pem: Zeroizing<String>,
+    /// PEM CSR.
+    csr_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn generate_csr(key_type: KeyType) -> CliResult<GeneratedKey> {
     let alg = match key_type {
         KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         KeyType::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
@@ -63,12 +79,15 @@ fn generate_csr(key_type: KeyType) -> CliResult<(Zeroizing<String>, Vec<u8>)> {
     };
     let internal =
         |e: rcgen::Error| CliError::new(ErrorKind::Internal, format!("key generation failed: {e}"));
-    let key = KeyPair::generate_for(alg).map_err(internal)?;
+    let key = Zeroizing::new(KeyPair::generate_for(alg).map_err(internal)?);
     let csr = CertificateParams::default()
-        .serialize_request(&key)
+        .serialize_request(&*key)
         .and_then(|c| c.pem())
         .map_err(internal)?;
-    Ok((Zeroizing::new(key.serialize_pem()), csr.into_bytes()))
+    Ok(GeneratedKey {
+        key_pem: Zeroizing::new(key.serialize_pem()),
+        csr_pem: csr.into_bytes(),
+    })
 }
 
 pub(super) async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
@@ -88,8 +107,8 @@ pub(super) async fn issue(cli: &Cli, a: &IssueArgs) -> CliResult<()> {
             )
         }
         None => {
-            let (k, c) = generate_csr(a.key_type)?;
-            (Some(k), c)
+            let generated = generate_csr(a.key_type)?;
+            (Some(generated.key_pem), generated.csr_pem)
         }
     };
     // Fail on an unusable output directory before anything is issued.
@@ -317,4 +336,18 @@ pub(super) async fn bundle(cli: &Cli, a: &BundleArgs) -> CliResult<()> {
         None => print!("{pem}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_not_printed() {
+        let generated = generate_csr(KeyType::P256).expect("key");
+        let der = pem::parse(generated.key_pem.as_bytes()).expect("PEM");
+        let scalar = crate::redaction::p256_scalar(der.contents());
+        crate::redaction::assert_redacted("GeneratedKey", &generated, &scalar);
+        crate::redaction::assert_redacted("GeneratedKey", &generated, generated.key_pem.as_bytes());
+    }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock};
 use crate::duration::HumanDuration;
@@ -113,18 +114,21 @@ pub(super) async fn init(cli: &Cli, a: &InitArgs) -> CliResult<()> {
     )?;
 
     let root_key_text = built.root_key_export.as_ref().map(|key| {
-        format!(
-            "# ca-server offline root key for {}\n{}\n",
-            policy.trust_domain,
-            key.as_str()
-        )
+        let header = format!("# ca-server offline root key for {}\n", policy.trust_domain);
+        // Sized up front, so no growth leaves a copy of the key behind in a freed buffer.
+        let mut text = Zeroizing::new(String::with_capacity(header.len() + key.len() + 1));
+        text.push_str(&header);
+        text.push_str(key);
+        text.push('\n');
+        text
     });
+    let root_key = root_key_text.as_ref().map(|t| t.as_str());
     match place {
         Location::Dir(dir) => {
-            init_sqlite(dir, &built.new_ca, a, root_key_text.as_deref()).await?;
+            init_sqlite(dir, &built.new_ca, a, root_key).await?;
         }
         Location::Postgres(url) => {
-            init_postgres(url, &built.new_ca, a, root_key_text.as_deref()).await?;
+            init_postgres(url, &built.new_ca, a, root_key).await?;
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::error::ErrorKind;
 use crate::files;
@@ -148,14 +149,17 @@ pub(super) async fn revoke(cli: &Cli, a: &RevokeArgs) -> CliResult<()> {
 }
 
 async fn revoke_remote(a: &RevokeArgs, url: &str, serial: Option<Serial>) -> CliResult<()> {
-    let read = |p: &Option<PathBuf>, what: &str| -> CliResult<Vec<u8>> {
+    // Zeroizing: one of these is the admin's private key.
+    let read = |p: &Option<PathBuf>, what: &str| -> CliResult<Zeroizing<Vec<u8>>> {
         let p = p.as_ref().ok_or_else(|| {
             CliError::new(
                 ErrorKind::BadRequest,
                 format!("--{what} is required with --server"),
             )
         })?;
-        fs::read(p).map_err(|e| io_err(&format!("cannot read --{what}"), p, e))
+        fs::read(p)
+            .map(Zeroizing::new)
+            .map_err(|e| io_err(&format!("cannot read --{what}"), p, e))
     };
     let wire_err = |e: ca_wire::client::ClientError| {
         let kind = match &e {
@@ -239,8 +243,9 @@ pub(super) async fn crl(cli: &Cli, a: &CrlArgs) -> CliResult<()> {
         (Some(env), _, _) => ca.build_crl(env).await?,
         (None, true, None) => ca.build_crl(service::ROOT_ID).await?,
         (None, true, Some(path)) => {
-            let text =
-                fs::read_to_string(path).map_err(|e| io_err("cannot read root key", path, e))?;
+            let text = Zeroizing::new(
+                fs::read_to_string(path).map_err(|e| io_err("cannot read root key", path, e))?,
+            );
             let stored = text
                 .lines()
                 .find(|l| !l.starts_with('#') && !l.trim().is_empty())

@@ -69,7 +69,7 @@ pub(super) async fn token_create(cli: &Cli, a: &TokenCreateArgs) -> CliResult<()
         println!(
             "{}",
             json!({
-                "token": created.token,
+                "token": created.token.expose(),
                 "id": r.id,
                 "env": r.env,
                 "service": r.service,
@@ -78,7 +78,7 @@ pub(super) async fn token_create(cli: &Cli, a: &TokenCreateArgs) -> CliResult<()
             })
         );
     } else {
-        println!("{}", created.token);
+        println!("{}", created.token.expose());
         eprintln!(
             "token {} enrolls {}/{} ({} use(s)) until {}; it is shown only once",
             r.id,

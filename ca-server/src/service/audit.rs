@@ -49,28 +49,32 @@ impl Ca {
         let secret = self
             .audit_secret
             .get_or_try_init(|| async {
-                let stored = match self.store.settings().await?.and_then(|s| s.audit_key) {
-                    Some(k) => k,
-                    None => {
-                        let fresh = Zeroizing::new(random_bytes::<32>()?);
-                        let sealed_text = match (&self.passphrase, self.settings.keys_sealed) {
-                            (Some(p), _) => Sealer::new(p)?.seal(AUDIT_SLOT, fresh.as_slice())?,
-                            (None, false) => sealed::plain(fresh.as_slice()),
-                            (None, true) => {
-                                return Err(ServiceError::Seal(
-                                    sealed::SealError::PassphraseRequired(AUDIT_SLOT.into()),
-                                ));
-                            }
-                        };
-                        self.store.set_audit_key(&sealed_text).await?;
-                        // Whoever stored first wins; everyone uses the stored one.
-                        self.store
-                            .settings()
-                            .await?
-                            .and_then(|s| s.audit_key)
-                            .ok_or(ServiceError::NotInitialized)?
-                    }
-                };
+                let stored = Zeroizing::new(
+                    match self.store.settings().await?.and_then(|s| s.audit_key) {
+                        Some(k) => k,
+                        None => {
+                            let fresh = Zeroizing::new(random_bytes::<32>()?);
+                            let sealed_text = match (&self.passphrase, self.settings.keys_sealed) {
+                                (Some(p), _) => Zeroizing::new(
+                                    Sealer::new(p)?.seal(AUDIT_SLOT, fresh.as_slice())?,
+                                ),
+                                (None, false) => sealed::plain(fresh.as_slice()),
+                                (None, true) => {
+                                    return Err(ServiceError::Seal(
+                                        sealed::SealError::PassphraseRequired(AUDIT_SLOT.into()),
+                                    ));
+                                }
+                            };
+                            self.store.set_audit_key(&sealed_text).await?;
+                            // Whoever stored first wins; everyone uses the stored one.
+                            self.store
+                                .settings()
+                                .await?
+                                .and_then(|s| s.audit_key)
+                                .ok_or(ServiceError::NotInitialized)?
+                        }
+                    },
+                );
                 Ok::<_, ServiceError>(sealed::open(AUDIT_SLOT, &stored, self.passphrase.as_ref())?)
             })
             .await?;

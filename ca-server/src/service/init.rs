@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
 
 use super::{ROOT_ID, ServiceError, TLS_ID, random_serial};
 use crate::authority::{
@@ -73,16 +74,29 @@ impl Default for CaLifetimes {
 }
 
 /// A CA built in memory by [`build_ca`], ready to be stored.
-#[derive(Debug)]
 pub struct BuiltCa {
     /// What to write to the store.
     pub new_ca: NewCa,
-    /// The root key to export when the root goes offline (sealed or plain text).
-    pub root_key_export: Option<String>,
+    /// The root key to export when the root goes offline (sealed or plain text), zeroized on
+    /// drop.
+    pub root_key_export: Option<Zeroizing<String>>,
     /// SHA-256 fingerprint of the root certificate.
     pub root_fingerprint: Fingerprint,
     /// The root certificate PEM.
     pub root_pem: String,
+}
+
+impl std::fmt::Debug for BuiltCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltCa")
+            .field("new_ca", &self.new_ca)
+            .field(
+                "root_key_export",
+                &self.root_key_export.as_ref().map(|_| "<redacted>"),
+            )
+            .field("root_fingerprint", &self.root_fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 fn subject_of(der: &[u8]) -> String {
@@ -138,18 +152,14 @@ pub fn build_ca(
         }
         None => None,
     };
-    let store_key = |slot: &str, key: &CaKey| -> Result<String, ServiceError> {
-        let pkcs8 = key.pkcs8();
+    let store_key = |slot: &str, secret: &[u8]| -> Result<Zeroizing<String>, ServiceError> {
         Ok(match &sealer {
-            Some(s) => s.seal(slot, &pkcs8)?,
-            None => sealed::plain(&pkcs8),
+            Some(s) => Zeroizing::new(s.seal(slot, secret)?),
+            None => sealed::plain(secret),
         })
     };
-    let audit_secret = zeroize::Zeroizing::new(super::random_bytes::<32>()?);
-    let audit_key = match &sealer {
-        Some(s) => s.seal(super::audit::AUDIT_SLOT, audit_secret.as_slice())?,
-        None => sealed::plain(audit_secret.as_slice()),
-    };
+    let audit_secret = Zeroizing::new(super::random_bytes::<32>()?);
+    let audit_key = store_key(super::audit::AUDIT_SLOT, audit_secret.as_slice())?;
     let td = policy.trust_domain.as_str();
     let not_before = now - Duration::minutes(1);
     let root_key = CaKey::generate()?;
@@ -163,14 +173,14 @@ pub fn build_ca(
         },
         &root_key,
     )?;
-    let root_stored = store_key(ROOT_ID, &root_key)?;
+    let root_stored = store_key(ROOT_ID, &root_key.pkcs8())?;
     let root_fingerprint = root_cert.fingerprint;
     let root_pem = root_cert.pem.clone();
     let ts = now.unix_timestamp();
     let (root_in_store, root_key_export) = if root_offline {
         (None, Some(root_stored))
     } else {
-        (Some(root_stored), None)
+        (Some(root_stored.to_string()), None)
     };
     let mut authorities = vec![authority_record(
         ROOT_ID,
@@ -197,14 +207,14 @@ pub fn build_ca(
             &key,
             &root,
         )?;
-        let stored = store_key(env, &key)?;
+        let stored = store_key(env, &key.pkcs8())?;
         authorities.push(authority_record(
             env,
             AuthorityKind::Intermediate,
             Some(ROOT_ID),
             &cert,
             &serial,
-            Some(stored),
+            Some(stored.to_string()),
             ts,
         ));
     }
@@ -222,14 +232,14 @@ pub fn build_ca(
         &tls_key,
         &root,
     )?;
-    let stored = store_key(TLS_ID, &tls_key)?;
+    let stored = store_key(TLS_ID, &tls_key.pkcs8())?;
     authorities.push(authority_record(
         TLS_ID,
         AuthorityKind::Tls,
         Some(ROOT_ID),
         &tls_cert,
         &tls_serial,
-        Some(stored),
+        Some(stored.to_string()),
         ts,
     ));
     Ok(BuiltCa {
@@ -242,7 +252,7 @@ pub fn build_ca(
                 server_names: server_names.to_vec(),
                 created_at: ts,
                 policy_sha256: Some(policy.sha256.clone()),
-                audit_key: Some(audit_key),
+                audit_key: Some(audit_key.to_string()),
             },
             authorities,
             audit: AuditEntry {

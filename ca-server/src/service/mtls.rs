@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use ca_wire::EnrollmentToken;
 use rcgen::{KeyPair, PublicKeyData};
 use time::Duration;
 use zeroize::Zeroizing;
@@ -16,8 +17,8 @@ use crate::store::{AuditEntry, AuditResult, CertificateRecord, IssuedVia};
 /// Enrollment: a token and a CSR.
 #[derive(Debug, Clone)]
 pub struct EnrollInput {
-    /// `<id>.<secret>` as minted by `token create`.
-    pub token: String,
+    /// `<id>.<secret>` as minted by `token create` (its `Debug` shows the id only).
+    pub token: EnrollmentToken,
     /// CSR, PEM or DER.
     pub csr: Vec<u8>,
     /// Requested DNS names (default: the CSR's).
@@ -95,10 +96,10 @@ impl Ca {
     /// Enrolls with a token. The token is spent only once CSR and policy have accepted the
     /// request, and given back if signing then fails inside the CA.
     pub async fn enroll(&self, input: EnrollInput) -> Result<IssueOutput, ServiceError> {
-        let token = match self.check_token(&input.token).await {
+        let token = match self.check_token(input.token.expose()).await {
             Ok(t) => t,
             Err(e) => {
-                let actor = match super::parse_token(&input.token) {
+                let actor = match super::parse_token(input.token.expose()) {
                     Ok((id, _)) => format!("token:{id}"),
                     Err(_) => "token:malformed".into(),
                 };
@@ -274,6 +275,7 @@ impl Ca {
         }
         let signer = self.signer(TLS_ID).await?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(Zeroizing::new)
             .map_err(|e| ServiceError::Authority(e.into()))?;
         let spki = key.subject_public_key_info();
         let now = self.now();

@@ -1,6 +1,7 @@
 //! Enrollment tokens: random secrets shown once, stored only as a SHA-256, scoped to one
 //! (environment, service), short-lived, single-use unless minted as a CI token.
 
+use ca_wire::EnrollmentToken;
 use time::Duration;
 
 use super::{Ca, ServiceError, random_bytes};
@@ -29,21 +30,12 @@ pub struct TokenInput {
 }
 
 /// A freshly minted token: the only time its secret exists outside the holder's hands.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CreatedToken {
-    /// `<id>.<secret>`, to give to the enrolling host.
-    pub token: String,
+    /// `<id>.<secret>`, to give to the enrolling host (zeroized on drop; `Debug` shows the id).
+    pub token: EnrollmentToken,
     /// What was stored.
     pub record: TokenRecord,
-}
-
-impl std::fmt::Debug for CreatedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedToken")
-            .field("token", &"<redacted>")
-            .field("record", &self.record)
-            .finish()
-    }
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -143,7 +135,7 @@ impl Ca {
         })
         .await;
         Ok(CreatedToken {
-            token: format!("{id}.{}", secret.as_str()),
+            token: EnrollmentToken::new(format!("{id}.{}", secret.as_str())),
             record,
         })
     }

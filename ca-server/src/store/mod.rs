@@ -94,8 +94,8 @@ impl Classify for StoreError {
     }
 }
 
-/// CA-wide settings fixed at `init`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CA-wide settings fixed at `init`. `Debug` leaves out the audit key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CaSettings {
     /// SPIFFE trust domain.
     pub trust_domain: String,
@@ -115,6 +115,27 @@ pub struct CaSettings {
     pub policy_sha256: Option<String>,
     /// The audit key (HMAC key of checkpoints), sealed like the CA keys; `None` until created.
     pub audit_key: Option<String>,
+}
+
+/// How stored key text shows in `Debug`: whether there is one, never its content (a key stored
+/// in the clear for development is the key itself).
+fn stored_key_kind(stored: &Option<String>) -> Option<&'static str> {
+    stored.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for CaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSettings")
+            .field("trust_domain", &self.trust_domain)
+            .field("policy_path", &self.policy_path)
+            .field("keys_sealed", &self.keys_sealed)
+            .field("root_offline", &self.root_offline)
+            .field("server_names", &self.server_names)
+            .field("created_at", &self.created_at)
+            .field("policy_sha256", &self.policy_sha256)
+            .field("audit_key", &stored_key_kind(&self.audit_key))
+            .finish()
+    }
 }
 
 /// Whether an authority is the root or an environment intermediate.
@@ -140,8 +161,8 @@ impl AuthorityKind {
     }
 }
 
-/// A CA certificate and its (sealed) key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A CA certificate and its (sealed) key. `Debug` leaves out the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthorityRecord {
     /// `root`, or the environment name.
     pub id: String,
@@ -167,6 +188,25 @@ pub struct AuthorityRecord {
     pub not_after: i64,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+impl std::fmt::Debug for AuthorityRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("env", &self.env)
+            .field("parent_id", &self.parent_id)
+            .field("serial", &self.serial)
+            .field("subject", &self.subject)
+            .field("cert_pem", &self.cert_pem)
+            .field("sealed_key", &stored_key_kind(&self.sealed_key))
+            .field("fingerprint", &self.fingerprint)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// How a certificate came to be issued.

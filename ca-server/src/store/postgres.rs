@@ -97,10 +97,21 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// A [`Store`] on a PostgreSQL database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     options: PgConnectOptions,
+}
+
+/// Names the database only: the connect options hold its password.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("database", &self.options.get_database())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -220,6 +231,20 @@ mod tests {
         let r = redact_url("postgres://ca:s3cret@db.internal:5433/ca");
         assert_eq!(r, "postgres://ca@db.internal:5433/ca");
         assert!(!redact_url("postgres://ca:s3cret@[::1/ca").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn debug_names_the_database_but_not_its_password() {
+        let options =
+            PgConnectOptions::from_str("postgres://ca:s3cret-db-pass@db.internal:5433/ca")
+                .expect("url");
+        let store = PgStore {
+            pool: PgPoolOptions::new().connect_lazy_with(options.clone()),
+            options,
+        };
+        let shown = format!("{store:?} {store:#?}");
+        assert!(!shown.contains("s3cret-db-pass"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
