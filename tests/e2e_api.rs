@@ -65,6 +65,43 @@ impl Env {
         (key, pem)
     }
 
+    /// A fresh P-256 key and an openssl CSR with `extra` arguments (`-addext ...`, `-config F`);
+    /// returns the CSR PEM.
+    fn csr_with(&self, name: &str, extra: &[&str]) -> String {
+        let key = self.ca.path(&format!("{name}.key"));
+        let csr = self.ca.path(&format!("{name}.csr"));
+        let mut args = vec![
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&csr),
+        ];
+        if !extra.contains(&"-config") {
+            args.extend(["-subj", "/CN=ignored"]);
+        }
+        args.extend_from_slice(extra);
+        openssl(&args).expect_code(0);
+        std::fs::read_to_string(&csr).expect("csr")
+    }
+
+    /// Audit entries (`audit --json` lines) of `action` with result `denied`.
+    fn denied(&self, action: &str) -> Vec<serde_json::Value> {
+        let run = self.ca.server(&["audit", "--json"]);
+        run.expect_code(0);
+        run.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("audit json line"))
+            .filter(|e| e["action"] == action && e["result"] == "denied")
+            .collect()
+    }
+
     fn post(&self, path: &str, body: &str, client: Option<(&Path, &Path)>) -> Http {
         let file = self.ca.path(&format!("body-{}.json", rand_suffix()));
         std::fs::write(&file, body).expect("write body");
@@ -288,6 +325,186 @@ fn renewal_hostile_cases_are_refused_and_store_nothing() {
         10,
         "every refusal is audited: {audit}"
     );
+}
+
+#[test]
+fn csrs_asking_for_what_is_not_granted_exactly_are_refused_on_enroll_and_renew() {
+    let env = Env::new();
+    let token = env.token("dev", "api", &[]);
+    let enroll = |csr: &str, dns: &[&str]| {
+        let mut body = serde_json::json!({ "token": token, "csr": csr });
+        if !dns.is_empty() {
+            body["dns"] = serde_json::json!(dns);
+        }
+        env.post("/v1/enroll", &body.to_string(), None)
+    };
+    let challenge_cnf = env.ca.path("challenge.cnf");
+    std::fs::write(
+        &challenge_cnf,
+        "[req]\ndistinguished_name = dn\nattributes = attrs\nprompt = no\n\
+         [dn]\nCN = ignored\n[attrs]\nchallengePassword = s3cret-value\n",
+    )
+    .expect("write config");
+
+    let cases: Vec<(&str, Vec<&str>, &[&str], &str)> = vec![
+        (
+            "other-env-id",
+            vec![
+                "-addext",
+                "subjectAltName=URI:spiffe://example.internal/prod/api",
+            ],
+            &[API_DEV],
+            "URI SAN \"spiffe://example.internal/prod/api\"",
+        ),
+        (
+            "email",
+            vec!["-addext", "subjectAltName=email:ops@example.internal"],
+            &[API_DEV],
+            "email SAN \"ops@example.internal\"",
+        ),
+        (
+            "code-signing",
+            vec!["-addext", "extendedKeyUsage=codeSigning"],
+            &[API_DEV],
+            "extendedKeyUsage codeSigning",
+        ),
+        (
+            "critical-unknown",
+            vec!["-addext", "1.2.3.4=critical,ASN1:NULL"],
+            &[API_DEV],
+            "critical extension 1.2.3.4",
+        ),
+        (
+            "names-differ",
+            vec!["-addext", "subjectAltName=DNS:web.dev.svc.example.internal"],
+            &[API_DEV],
+            "CSR requests dns:web.dev.svc.example.internal but the request names dns:api.dev.svc.example.internal",
+        ),
+        (
+            "challenge",
+            vec!["-config", s(&challenge_cnf)],
+            &[API_DEV],
+            "challengePassword",
+        ),
+    ];
+    for (name, extra, dns, needle) in &cases {
+        let csr = env.csr_with(name, extra);
+        let v = enroll(&csr, dns).expect_problem(400, "bad-csr");
+        let detail = v["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(needle), "{name}: {v}");
+        assert!(!detail.contains("s3cret"), "{name}: {v}");
+    }
+    // A name policy refuses, asked for in the CSR only.
+    let csr = env.csr_with(
+        "prod-name",
+        &[
+            "-addext",
+            "subjectAltName=DNS:api.prod.svc.example.internal",
+        ],
+    );
+    let v = enroll(&csr, &[]).expect_problem(403, "policy-denied");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("api.prod.svc.example.internal"),
+        "{v}"
+    );
+
+    assert_eq!(
+        env.dev_certs(),
+        0,
+        "no refused enrollment stores a certificate"
+    );
+    let denied = env.denied("enroll");
+    assert_eq!(
+        denied.len(),
+        cases.len() + 1,
+        "every refusal is audited: {denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .all(|e| !e["reason"].as_str().unwrap_or("").contains("s3cret")),
+        "{denied:?}"
+    );
+
+    // The token was not spent: a CSR asking for exactly what is granted (its own SPIFFE ID, the
+    // names also in the body, CA:FALSE and the leaf's usages) enrolls with it.
+    let exact = env.csr_with(
+        "exact",
+        &[
+            "-addext",
+            "subjectAltName=DNS:api.dev.svc.example.internal,URI:spiffe://example.internal/dev/api",
+            "-addext",
+            "basicConstraints=CA:FALSE",
+            "-addext",
+            "keyUsage=critical,digitalSignature",
+            "-addext",
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ],
+    );
+    let resp = enroll(&exact, &[API_DEV]);
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let cert = env.ca.path("exact.crt");
+    std::fs::write(&cert, resp.json()["certificate"].as_str().expect("cert")).expect("write");
+    let text = openssl(["x509", "-noout", "-text", "-in", s(&cert)])
+        .stdout
+        .clone();
+    assert_eq!(
+        text.matches("URI:spiffe://example.internal/dev/api")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("DNS:api.dev.svc.example.internal"), "{text}");
+    assert_eq!(env.dev_certs(), 1);
+
+    // Renewal: the same rule.
+    let key = env.ca.path("exact.key");
+    let renew_cases: [(&str, Vec<&str>, &[&str], &str); 3] = [
+        (
+            "renew-other-env-id",
+            vec![
+                "-addext",
+                "subjectAltName=URI:spiffe://example.internal/prod/api",
+            ],
+            &[],
+            "spiffe://example.internal/prod/api",
+        ),
+        (
+            "renew-names-differ",
+            vec!["-addext", "subjectAltName=DNS:web.dev.svc.example.internal"],
+            &[API_DEV],
+            "dns:web.dev.svc.example.internal",
+        ),
+        (
+            "renew-key-cert-sign",
+            vec!["-addext", "keyUsage=critical,digitalSignature,keyCertSign"],
+            &[],
+            "keyUsage Digital Signature, Key Cert Sign",
+        ),
+    ];
+    for (name, extra, dns, needle) in &renew_cases {
+        let csr = env.csr_with(name, extra);
+        let mut body = serde_json::json!({ "csr": csr });
+        if !dns.is_empty() {
+            body["dns"] = serde_json::json!(dns);
+        }
+        let v = env
+            .post("/v1/renew", &body.to_string(), Some((&cert, &key)))
+            .expect_problem(400, "bad-csr");
+        assert!(
+            v["detail"].as_str().unwrap_or("").contains(needle),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(
+        env.dev_certs(),
+        1,
+        "no refused renewal stores a certificate"
+    );
+    assert_eq!(env.denied("renew").len(), renew_cases.len());
 }
 
 #[test]

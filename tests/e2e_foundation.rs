@@ -440,6 +440,100 @@ fn openssl_csrs_of_each_supported_key_type_are_certified() {
 }
 
 #[test]
+fn issue_refuses_csrs_asking_for_what_is_not_granted_exactly() {
+    let ca = TestCa::init_insecure();
+    let cases: [(&str, &[&str], &[&str], &str); 5] = [
+        (
+            "other-env-id",
+            &[
+                "-addext",
+                "subjectAltName=URI:spiffe://example.internal/prod/api",
+            ],
+            &[],
+            "URI SAN \"spiffe://example.internal/prod/api\"",
+        ),
+        (
+            "email",
+            &["-addext", "subjectAltName=email:ops@example.internal"],
+            &[API_DEV],
+            "email SAN \"ops@example.internal\"",
+        ),
+        (
+            "client-only",
+            &["-addext", "extendedKeyUsage=clientAuth"],
+            &[API_DEV],
+            "extendedKeyUsage clientAuth, but the certificate carries exactly serverAuth, clientAuth",
+        ),
+        (
+            "unknown",
+            &["-addext", "1.2.3.4=ASN1:NULL"],
+            &[API_DEV],
+            "extension 1.2.3.4",
+        ),
+        (
+            "names-differ",
+            &[
+                "-addext",
+                "subjectAltName=DNS:api.dev.svc.example.internal,DNS:web.dev.svc.example.internal",
+            ],
+            &[API_DEV],
+            "CSR requests dns:api.dev.svc.example.internal, dns:web.dev.svc.example.internal but the request names dns:api.dev.svc.example.internal",
+        ),
+    ];
+    for (name, extra, dns, needle) in cases {
+        let csr = openssl_csr(&ca, name, "ec:P-256", extra);
+        let out = ca.path(&format!("out-{name}"));
+        issue_with_csr(&ca, &csr, &out, dns)
+            .expect_code(BAD_REQUEST)
+            .expect_stderr(needle);
+        assert!(!out.exists(), "{name} wrote output");
+    }
+    assert!(
+        certs_json(&ca).is_empty(),
+        "no refused CSR stores a certificate"
+    );
+    let audit = ca.server(&["audit"]).stdout.clone();
+    assert_eq!(
+        audit.matches(" issue denied ").count(),
+        cases.len(),
+        "{audit}"
+    );
+
+    // An RSA CSR asking for exactly what an RSA leaf carries, names given in both places.
+    let csr = openssl_csr(
+        &ca,
+        "rsa-exact",
+        "rsa:2048",
+        &[
+            "-addext",
+            "subjectAltName=DNS:API.dev.svc.example.internal,URI:spiffe://example.internal/dev/api",
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "-addext",
+            "extendedKeyUsage=clientAuth,serverAuth",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+    let out = ca.path("out-rsa-exact");
+    issue_with_csr(&ca, &csr, &out, &[API_DEV]).expect_code(0);
+    let text = x509_text(&out.join("cert.pem"));
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DNS:api.dev.svc.example.internal")
+            && text
+                .matches("URI:spiffe://example.internal/dev/api")
+                .count()
+                == 1,
+        "{text}"
+    );
+    assert_eq!(certs_json(&ca).len(), 1);
+}
+
+#[test]
 fn init_refuses_an_existing_ca_and_leaves_it_untouched() {
     let ca = TestCa::init_insecure();
     let db = ca.data.join("ca.db");

@@ -1024,4 +1024,41 @@ mod tests {
             Some(Exit::Usage)
         );
     }
+
+    #[test]
+    fn csrs_for_the_private_ca_request_nothing_beyond_their_key() {
+        // The CA refuses a CSR asking for anything it would not grant exactly; names, lifetime
+        // and identity travel in the request body, so the CSR carries only the key (and a
+        // common name, which the CA ignores).
+        use x509_parser::prelude::FromDer;
+        for key_type in ["p256", "p384", "ed25519"] {
+            let k = new_key(key_type, "api").expect("key");
+            let (_, csr) =
+                x509_parser::certification_request::X509CertificationRequest::from_der(&k.csr_der)
+                    .expect("csr parses");
+            assert!(
+                csr.certification_request_info.attributes().is_empty(),
+                "{key_type}: no attributes, hence no extension request"
+            );
+            assert!(csr.requested_extensions().is_none(), "{key_type}");
+        }
+    }
+
+    #[test]
+    fn a_refused_csr_is_reported_with_the_servers_reason() {
+        let problem = ca_wire::Problem {
+            kind: "urn:ca-server:problem:bad-csr".into(),
+            title: "Bad Request".into(),
+            status: 400,
+            detail: "CSR requests email SAN \"ops@example.internal\"; remove it".into(),
+        };
+        let e = AgentError::from(ClientError::Api(problem));
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(
+            e.message.contains("bad-csr")
+                && e.message.contains("email SAN \"ops@example.internal\""),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -187,7 +187,8 @@ impl Default for CaOptions {
 pub struct IssueInput {
     /// Who the certificate is for.
     pub identity: Identity,
-    /// Requested DNS names; when empty (and `ips` too), the CSR's requested names are used.
+    /// Requested DNS names; when empty (and `ips` too), the CSR's requested names are used, and
+    /// when both name some they must be the same.
     pub dns: Vec<String>,
     /// Requested IP SANs.
     pub ips: Vec<IpAddr>,
@@ -630,14 +631,13 @@ impl Ca {
         result
     }
 
-    /// Screens the CSR and asks policy. Pure: nothing is written.
+    /// Screens the CSR and asks policy. Pure: nothing is written. A CSR asking for anything the
+    /// certificate would not carry exactly is refused here (see [`crate::csr`]), so a refusal
+    /// spends no token and no serial.
     pub fn prepare(&self, input: &IssueInput) -> Result<Prepared, ServiceError> {
         let csr = validate_csr(&input.csr)?;
-        let (dns, ips) = if input.dns.is_empty() && input.ips.is_empty() {
-            (csr.requested_dns.clone(), csr.requested_ips.clone())
-        } else {
-            (input.dns.clone(), input.ips.clone())
-        };
+        csr.check_uris(&input.identity.spiffe_id(&self.settings.trust_domain))?;
+        let (dns, ips) = csr.names_to_request(&input.dns, &input.ips)?;
         let decision = self.policy().decide(&IssueRequest {
             identity: &input.identity,
             dns: &dns,
@@ -925,6 +925,131 @@ mod tests {
                 .unwrap_or("")
                 .contains("environments.dev.dns_suffixes")
         );
+    }
+
+    /// A P-256 CSR for `params`.
+    fn csr_for(params: &CertificateParams) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+            .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn what_a_csr_requests_is_granted_exactly_or_refused_before_anything_is_written() {
+        use rcgen::{ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+        use x509_parser::prelude::{FromDer, X509Certificate};
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = ca(dir.path(), None).await;
+        let api_dev = "api.dev.svc.example.internal";
+        let uri = |u: &str| SanType::URI(u.try_into().expect("ia5"));
+
+        let mut other_env = CertificateParams::new(vec![api_dev.to_string()]).expect("params");
+        other_env
+            .subject_alt_names
+            .push(uri("spiffe://example.internal/prod/api"));
+        let mut email = CertificateParams::new(Vec::<String>::new()).expect("params");
+        email.subject_alt_names = vec![SanType::Rfc822Name(
+            "ops@example.internal".try_into().expect("ia5"),
+        )];
+        let mut code_signing = CertificateParams::new(Vec::<String>::new()).expect("params");
+        code_signing.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let other_name = CertificateParams::new(vec!["web.dev.svc.example.internal".to_string()])
+            .expect("params");
+        let out_of_policy =
+            CertificateParams::new(vec!["api.prod.svc.example.internal".to_string()])
+                .expect("params");
+        let cases: [(&CertificateParams, &[&str], ErrorKind, &str); 5] = [
+            (
+                &other_env,
+                &[],
+                ErrorKind::BadRequest,
+                "URI SAN \"spiffe://example.internal/prod/api\"",
+            ),
+            (&email, &[api_dev], ErrorKind::BadRequest, "email SAN"),
+            (
+                &code_signing,
+                &[api_dev],
+                ErrorKind::BadRequest,
+                "extendedKeyUsage codeSigning",
+            ),
+            // The caller's names used to win silently over the CSR's.
+            (
+                &other_name,
+                &[api_dev],
+                ErrorKind::BadRequest,
+                "CSR requests dns:web.dev.svc.example.internal",
+            ),
+            (
+                &out_of_policy,
+                &[],
+                ErrorKind::Denied,
+                "environments.dev.dns_suffixes",
+            ),
+        ];
+        for (params, dns, kind, needle) in cases {
+            let e = ca
+                .issue(input("dev", dns, csr_for(params)))
+                .await
+                .expect_err(needle);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            if kind == ErrorKind::BadRequest {
+                assert!(matches!(e, ServiceError::Csr(_)), "{e:?}");
+            }
+        }
+        assert!(
+            ca.list(CertificateFilter::default())
+                .await
+                .expect("list")
+                .is_empty(),
+            "no refused CSR may store a certificate"
+        );
+        let audit = ca.store().audit_entries(None, 100).await.expect("audit");
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|e| e.result == AuditResult::Denied && e.serial.is_none())
+                .count(),
+            5,
+            "every refusal is audited: {audit:?}"
+        );
+
+        // Exactly what the leaf carries, the identity's own SPIFFE ID and the names the caller
+        // gives too: granted, and the certificate carries what was asked for.
+        let mut exact = CertificateParams::new(vec![api_dev.to_string()]).expect("params");
+        exact
+            .subject_alt_names
+            .push(uri("spiffe://example.internal/dev/api"));
+        exact.is_ca = IsCa::ExplicitNoCa;
+        exact.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        exact.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let out = ca
+            .issue(input("dev", &[api_dev], csr_for(&exact)))
+            .await
+            .expect("granted exactly");
+        let der = pem_to_der(&out.cert_pem).expect("der");
+        let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+        let ku = cert.key_usage().expect("ku").expect("present").value;
+        assert_eq!(
+            ku.flags,
+            crate::csr::granted_key_usage(crate::pki::KeyType::P256).flags
+        );
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && eku.client_auth && eku.other.is_empty() && !eku.any);
+        assert_eq!(out.record.dns_names, [api_dev]);
+        assert_eq!(out.record.spiffe_id, "spiffe://example.internal/dev/api");
     }
 
     #[tokio::test]
