@@ -642,7 +642,11 @@ impl Agent {
         let route = self.routes[&cert.name];
         let mut attempt: u32 = 0;
         let mut revoked = false;
+        // A renewal asked for (SIGHUP, `renew --now`) while backing off from a failed attempt:
+        // it ends the wait and must not then wait again for a renewal time not yet reached.
+        let mut asked = false;
         loop {
+            let asked_now = std::mem::take(&mut asked);
             let current = if revoked {
                 None
             } else {
@@ -663,13 +667,14 @@ impl Agent {
                     let sleep_for = recheck
                         .map(|r| Duration::from_secs(u64::try_from(r - now()).unwrap_or(0)))
                         .map_or(due_in, |r| r.min(due_in));
-                    let woken = tokio::select! {
-                        () = tokio::time::sleep(sleep_for) => false,
-                        () = wake.notified() => {
-                            tracing::info!(cert = %cert.name, "renewal requested");
-                            true
-                        }
-                    };
+                    let woken = asked_now
+                        || tokio::select! {
+                            () = tokio::time::sleep(sleep_for) => false,
+                            () = wake.notified() => {
+                                tracing::info!(cert = %cert.name, "renewal requested");
+                                true
+                            }
+                        };
                     if !woken && sleep_for < due_in {
                         // Time to ask the CA again whether the renewal window moved.
                         continue;
@@ -750,7 +755,10 @@ impl Agent {
                     });
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {},
-                        () = wake.notified() => {},
+                        () = wake.notified() => {
+                            tracing::info!(cert = %cert.name, "renewal requested");
+                            asked = true;
+                        }
                     }
                 }
             }
@@ -917,6 +925,14 @@ pub async fn run(cfg: AgentConfig, token_file: Option<PathBuf>) -> Result<(), Ag
     let mut hup = sig(SignalKind::hangup())?;
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
+    // A write past a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) raises SIGXFSZ, whose
+    // default action kills the daemon. Handled (tokio keeps the handler for the life of the
+    // process), the write fails with EFBIG: the version being written is dropped, the current one
+    // stays, and the error is reported and retried like a full disk. Hooks start with the
+    // default action again, as exec resets handled signals.
+    drop(sig(SignalKind::from_raw(
+        rustix::process::Signal::XFSZ.as_raw(),
+    ))?);
     let agent = tokio::select! {
         agent = Agent::start(cfg, token_file) => Arc::new(agent?),
         _ = term.recv() => return Ok(()),

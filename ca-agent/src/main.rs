@@ -306,6 +306,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A failed log write (stderr is a file on a full disk) is dropped: tracing-subscriber
+        // would report it with eprintln!, which panics when stderr is that same file.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -206,6 +206,15 @@ impl Layout {
             Path::new("versions").join(&name).as_path(),
             &self.dir.join("current"),
         )?;
+        self.link_stable_paths()?;
+        sync_dir(&self.dir)?;
+        self.prune(&name);
+        Ok(vdir)
+    }
+
+    /// Makes every stable path a link through `current` (where one is missing or points
+    /// elsewhere).
+    fn link_stable_paths(&self) -> io::Result<()> {
         for f in FILES {
             let link = self.dir.join(f);
             let want = Path::new("current").join(f);
@@ -213,9 +222,7 @@ impl Layout {
                 replace_symlink(&want, &link)?;
             }
         }
-        sync_dir(&self.dir)?;
-        self.prune(&name);
-        Ok(vdir)
+        Ok(())
     }
 
     /// Removes versions other than `current` and the newest complete one before it, and any
@@ -243,7 +250,9 @@ impl Layout {
         }
     }
 
-    /// Cleans up after an interrupted run: stray temporary links and incomplete versions.
+    /// Cleans up after an interrupted run: stray temporary links and incomplete versions, and
+    /// stable paths missing because the first publication stopped right after `current` flipped
+    /// (the certificate in place is valid, so no renewal would come soon to create them).
     pub fn recover(&self) {
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.filter_map(|e| e.ok()) {
@@ -256,6 +265,9 @@ impl Layout {
         if let Some(cur) = self.current()
             && let Some(name) = cur.file_name()
         {
+            if let Err(e) = self.link_stable_paths().and_then(|()| sync_dir(&self.dir)) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot link the stable paths");
+            }
             self.prune(&name.to_string_lossy());
         }
     }
@@ -338,6 +350,24 @@ mod tests {
             l.read_current().map(|t| t.0.to_string()),
             Some("K".to_string())
         );
+    }
+
+    #[test]
+    fn recover_links_stable_paths_a_first_publication_did_not_get_to() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = Layout::new(tmp.path());
+        l.publish(&m("01", "K", "C"), &own()).expect("publish");
+        for f in FILES {
+            fs::remove_file(l.path(f)).expect("unlink");
+        }
+        l.recover();
+        for f in FILES {
+            assert_eq!(
+                fs::read_link(l.path(f)).expect("link"),
+                Path::new("current").join(f)
+            );
+        }
+        assert_eq!(fs::read_to_string(l.path("key.pem")).expect("key"), "K");
     }
 
     fn mode_of(p: &Path) -> u32 {

@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Conflict,
     /// Something failed inside the CA; details go to the log, not to the caller.
     Internal,
+    /// The CA cannot store anything right now (its disk is full or failing); the same request
+    /// succeeds once the operator has fixed the storage, without a restart.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -31,6 +34,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not-found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 
@@ -43,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 4,
             ErrorKind::NotFound => 5,
             ErrorKind::Conflict => 6,
+            ErrorKind::Unavailable => 7,
         }
     }
 }
@@ -72,6 +77,7 @@ mod tests {
             ErrorKind::NotFound,
             ErrorKind::Conflict,
             ErrorKind::Internal,
+            ErrorKind::Unavailable,
         ];
         let mut codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
         assert!(codes.iter().all(|c| *c != 0));

@@ -276,6 +276,7 @@ pub async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    survive_file_size_limit();
     ca.load_signers().await?;
     let policy_file = cfg
         .policy_file
@@ -593,6 +594,20 @@ async fn start_scheduler(
     scheduler.add(job).await.map_err(sched_err)?;
     scheduler.start().await.map_err(sched_err)?;
     Ok(scheduler)
+}
+
+/// A write past a file-size limit (`RLIMIT_FSIZE`: a shell's `ulimit -f`, systemd's
+/// `LimitFSIZE=`, a container runtime) raises SIGXFSZ, whose default action kills the server and
+/// every request in flight. Handled, the write fails with EFBIG instead, SQLite rolls the
+/// transaction back, and the client gets the same storage problem as for a full disk (PostgreSQL
+/// ignores the signal for the same reason).
+fn survive_file_size_limit() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Tokio keeps the handler for the life of the process once installed, so the stream is not
+    // kept. Nothing is logged per signal: the log may be the very file that is over the limit.
+    if let Err(e) = signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw())) {
+        tracing::warn!(error = %e, "cannot handle SIGXFSZ: a file-size limit would kill the server");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

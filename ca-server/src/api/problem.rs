@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::{Classify, ErrorKind};
 use crate::policy::ViolationKind;
 use crate::service::ServiceError;
+use crate::store::StorageFault;
 
 /// Prefix of every problem `type`.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:ca-server:problem:";
@@ -87,6 +88,7 @@ fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -101,6 +103,20 @@ impl From<ServiceError> for ApiError {
                 status,
                 "internal",
                 "internal error; the CA operator can find details in its log",
+            );
+        }
+        if kind == ErrorKind::Unavailable {
+            // The request was fine and may be sent again; the operator has to free space or
+            // repair the disk. Which one is worth telling; where and how stays in the log.
+            tracing::error!(error = %e, "request failed: the CA's storage is unavailable");
+            let what = match &e {
+                ServiceError::Store(s) => s.storage_fault().map(StorageFault::describe),
+                _ => None,
+            };
+            return ApiError::new(
+                status,
+                "storage-unavailable",
+                format!("{}; retry later", what.unwrap_or("storage unavailable")),
             );
         }
         let slug = match &e {
@@ -184,5 +200,26 @@ mod tests {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         );
         assert!(!e.detail.contains("secret table detail"));
+    }
+
+    #[test]
+    fn storage_faults_are_503_storage_unavailable_and_name_only_the_fault() {
+        let full = StoreError::Storage {
+            fault: StorageFault::Full,
+            detail: "/var/lib/ca/ca.db-wal: database or disk is full".into(),
+        };
+        let e: ApiError = ServiceError::Store(full).into();
+        assert_eq!(
+            (e.status(), e.slug()),
+            (StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable")
+        );
+        assert_eq!(e.detail(), "database write failed: disk full; retry later");
+        let io = StoreError::Storage {
+            fault: StorageFault::Io,
+            detail: "disk I/O error".into(),
+        };
+        let e: ApiError = ServiceError::Store(io).into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.detail(), "database I/O error; retry later");
     }
 }

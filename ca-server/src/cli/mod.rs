@@ -141,9 +141,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A failed log write (stderr is a file on a full disk) is dropped: tracing-subscriber would
+    // report it with eprintln!, which panics when stderr is that same file, and take the
+    // request being logged down with it.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .init();
     // The server spreads TLS, signing and verification over every core; one-shot commands start
     // faster on a single thread.

@@ -93,8 +93,17 @@ impl GroupCommitter {
                     Err(e) => {
                         tracing::error!(error = %e, batch = items.len(), "issuance batch commit failed");
                         let message = e.to_string();
+                        // Every item hears why; a full disk stays a storage fault, so each
+                        // caller can tell it apart from a failure of its own request.
+                        let why = || match &e {
+                            StoreError::Storage { fault, detail } => StoreError::Storage {
+                                fault: *fault,
+                                detail: detail.clone(),
+                            },
+                            _ => StoreError::Commit(message.clone()),
+                        };
                         for (item, reply) in items.into_iter().zip(replies) {
-                            let _ = reply.send((item, Err(StoreError::Commit(message.clone()))));
+                            let _ = reply.send((item, Err(why())));
                         }
                     }
                 }

@@ -40,7 +40,16 @@ pub enum StoreError {
     Corrupt(String),
     /// The database failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// The storage under the database is full or failing. The transaction was rolled back; the
+    /// same operation succeeds again once the operator frees space (no restart needed).
+    #[error("{}: {detail}", fault.describe())]
+    Storage {
+        /// What failed.
+        fault: StorageFault,
+        /// The database's own message, for the log.
+        detail: String,
+    },
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -79,9 +88,84 @@ pub enum StoreError {
     },
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match StorageFault::of(&e) {
+            Some(fault) => StoreError::Storage {
+                fault,
+                detail: e.to_string(),
+            },
+            None => StoreError::Database(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// The storage fault behind this error, if it is one.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            StoreError::Storage { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
+}
+
+/// A failure of the storage under the database, as opposed to a failure of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageFault {
+    /// No space left: a full disk, a quota, or a file-size limit (ENOSPC, EDQUOT, EFBIG;
+    /// SQLITE_FULL; PostgreSQL's `disk_full`).
+    Full,
+    /// The storage failed to read or write (SQLITE_IOERR, PostgreSQL's `io_error`). SQLite
+    /// reports a write refused by a file-size limit this way too.
+    Io,
+}
+
+impl StorageFault {
+    /// What failed, in words safe to show a client: no path, no SQL.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StorageFault::Full => "database write failed: disk full",
+            StorageFault::Io => "database I/O error",
+        }
+    }
+
+    /// The storage fault behind a database error, if it is one.
+    pub fn of(e: &sqlx::Error) -> Option<StorageFault> {
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code()?;
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // An extended result code; the primary one is its low byte.
+                    match code.parse::<i64>().ok()? & 0xff {
+                        13 => Some(StorageFault::Full),
+                        10 => Some(StorageFault::Io),
+                        _ => None,
+                    }
+                } else {
+                    match code.as_ref() {
+                        "53100" => Some(StorageFault::Full),
+                        "58030" => Some(StorageFault::Io),
+                        _ => None,
+                    }
+                }
+            }
+            sqlx::Error::Io(io) => match io.kind() {
+                std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::FileTooLarge => Some(StorageFault::Full),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
+            StoreError::Storage { .. } => ErrorKind::Unavailable,
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
@@ -717,5 +801,62 @@ pub trait Store: Send + Sync {
     /// Whether several servers may share this database (then they must agree on the policy).
     fn shared_by_servers(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_database_is_a_storage_fault_and_other_errors_are_not() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("pool");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+            .execute(&pool)
+            .await
+            .expect("create");
+        // SQLite answers SQLITE_FULL when the database may not grow, as on a full disk.
+        sqlx::query("PRAGMA max_page_count = 3")
+            .execute(&pool)
+            .await
+            .expect("limit");
+        let full: StoreError = sqlx::query("INSERT INTO t (b) VALUES (zeroblob(100000))")
+            .execute(&pool)
+            .await
+            .expect_err("the database is full")
+            .into();
+        assert_eq!(full.storage_fault(), Some(StorageFault::Full), "{full:?}");
+        assert_eq!(full.kind(), ErrorKind::Unavailable);
+        assert!(
+            full.to_string()
+                .starts_with("database write failed: disk full: ")
+        );
+
+        let duplicate: StoreError = sqlx::query("INSERT INTO t (id) VALUES (1), (1)")
+            .execute(&pool)
+            .await
+            .expect_err("duplicate key")
+            .into();
+        assert!(
+            matches!(duplicate, StoreError::Database(_)),
+            "{duplicate:?}"
+        );
+        assert_eq!(duplicate.kind(), ErrorKind::Internal);
+
+        for kind in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::FileTooLarge,
+            std::io::ErrorKind::QuotaExceeded,
+        ] {
+            let e: StoreError = sqlx::Error::Io(std::io::Error::from(kind)).into();
+            assert_eq!(e.storage_fault(), Some(StorageFault::Full), "{kind:?}");
+        }
+        let refused: StoreError =
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into();
+        assert_eq!(refused.storage_fault(), None);
     }
 }
