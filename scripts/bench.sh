@@ -8,13 +8,18 @@
 #                                 new TLS connection each time; concurrency 1, 8, 32
 #   scripts/bench.sh footprint    ca-agent idle RSS, `ca-agent issue` wall time, ca-server start time
 #                                 with 1,000,000 stored certificates (about 2 minutes)
+#   scripts/bench.sh postgres     enroll (CI token) on SQLite (one server) beside PostgreSQL with one
+#                                 and with three replicas sharing a throwaway cluster (the load
+#                                 spread over the three); concurrency 8, 32 (about 3 minutes)
 #   scripts/bench.sh all          all of them
 #
 # BENCH_SECONDS (default 10) is the length of one measured run; BENCH_ROUNDS (default 2) how many
-# interleaved runs of ours and cfssl are taken per concurrency (the median is reported);
+# interleaved runs of each contender are taken per concurrency (the median is reported);
 # BENCH_PROFILE=FILE also records a perf profile of the server (enroll, concurrency 8) and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/pg.sh disable=SC1091
+. scripts/lib/pg.sh
 what="${1:-revocation}"
 
 install_missing() {
@@ -31,17 +36,19 @@ install_missing() {
 }
 
 # A temp dir ($tmp) and the processes started in it ($pids), both cleaned up when the calling
-# subshell exits.
+# subshell exits, and the throwaway PostgreSQL cluster if pg_start made one (after the servers).
 scratch() {
     tmp=$(mktemp -d)
     pids=()
-    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pg_stop; rm -rf "$tmp"' EXIT
 }
 
-# Starts `ca-server serve` on data dir $1 (stdout to $2, its pid in $2.pid) and prints its URL
-# once it listens.
+# Starts `ca-server serve` on data dir or postgres:// URL $1 (stdout to $2, its pid in $2.pid;
+# further arguments go to serve) and prints its URL once it listens.
 start_server() {
-    CA_LOG=error target/release/ca-server serve --data-dir "$1" --listen 127.0.0.1:0 > "$2" 2>/dev/null &
+    local where=(--data-dir "$1")
+    [[ "$1" == postgres://* ]] && where=(--database-url "$1")
+    CA_LOG=error target/release/ca-server serve "${where[@]}" --listen 127.0.0.1:0 "${@:3}" > "$2" 2>/dev/null &
     echo $! > "$2.pid"
     for _ in $(seq 1 200); do
         local url
@@ -58,23 +65,37 @@ revocation() {
     cargo bench --locked -p ca-server --bench revocation
 }
 
+# Builds the load generator (ca-server/benches/issuance_load.rs) and prints its path.
+load_generator() {
+    local load
+    load=$(cargo bench --locked -p ca-server --bench issuance_load --no-run --message-format=json 2>/dev/null \
+        | grep -o '"executable":"[^"]*issuance_load[^"]*"' | tail -1 | cut -d'"' -f4)
+    [ -x "$load" ] || { echo "error: the load generator did not build" >&2; exit 1; }
+    echo "$load"
+}
+
+# The block device holding directory $1, for its flush counter (empty if unknown).
+block_device() {
+    local src disk
+    src=$(df --output=source "$1" | tail -1)
+    disk=$(basename "$src")
+    [ -e "/sys/block/$disk/stat" ] || disk=$(lsblk -no pkname "$src" 2>/dev/null | head -1)
+    [ -e "/sys/block/$disk/stat" ] || disk=""
+    echo "$disk"
+}
+
 issuance() {
     install_missing openssl:openssl curl:curl sqlite3:sqlite3 cfssl:golang-cfssl python3:python3
     local seconds="${BENCH_SECONDS:-10}" rounds="${BENCH_ROUNDS:-2}"
     cargo build --release --locked -p ca-server --bin ca-server
     local load
-    load=$(cargo bench --locked -p ca-server --bench issuance_load --no-run --message-format=json 2>/dev/null \
-        | grep -o '"executable":"[^"]*issuance_load[^"]*"' | tail -1 | cut -d'"' -f4)
-    [ -x "$load" ] || { echo "error: the load generator did not build" >&2; exit 1; }
+    load=$(load_generator)
     local bin=target/release/ca-server
     scratch
 
     # Which block device holds the databases, for its flush counter.
-    local src disk
-    src=$(df --output=source "$tmp" | tail -1)
-    disk=$(basename "$src")
-    [ -e "/sys/block/$disk/stat" ] || disk=$(lsblk -no pkname "$src" 2>/dev/null | head -1)
-    [ -e "/sys/block/$disk/stat" ] || disk=""
+    local disk
+    disk=$(block_device "$tmp")
 
     # Ours: SQLite (WAL, synchronous=FULL), CI token with room for the whole run.
     sed -e 's/^max_uses = .*/max_uses = 100000000/' policies/example.toml > "$tmp/policy.toml"
@@ -271,11 +292,110 @@ SQL
     printf '%s\n' "${ms[@]}" | sort -n | awk -v n="$count" '{a[NR]=$1} END {printf "ca-server serve start with %d certificates: median %d ms to the listening line (5 runs, min %d, max %d; includes polling every 50 ms)\n", n, a[3], a[1], a[5]}'
 }
 
+# Enrollment with a CI token, SQLite beside PostgreSQL (one replica, three replicas), all in
+# one run. Every server runs throughout (idle when not measured); SQLite and PostgreSQL flush
+# every commit (synchronous=FULL; fsync=on, synchronous_commit=on), both on the same disk.
+postgres() {
+    install_missing openssl:openssl python3:python3
+    local seconds="${BENCH_SECONDS:-10}" rounds="${BENCH_ROUNDS:-2}"
+    local conns="${BENCH_PG_CONNECTIONS:-4}"
+    cargo build --release --locked -p ca-server --bin ca-server
+    local load
+    load=$(load_generator)
+    local bin=target/release/ca-server
+    scratch
+    pg_start
+    local disk pgdisk
+    disk=$(block_device "$tmp")
+    pgdisk=$(block_device "$PG_DIR")
+    [ "$disk" = "$pgdisk" ] || echo "note: SQLite on ${disk:-?}, PostgreSQL on ${pgdisk:-?}" >&2
+
+    sed -e 's/^max_uses = .*/max_uses = 100000000/' policies/example.toml > "$tmp/policy.toml"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/req.key" \
+        -out "$tmp/req.csr" -subj /CN=api >/dev/null 2>&1
+
+    # SQLite, one server.
+    CA_LOG=error $bin init --data-dir "$tmp/ca" --policy "$tmp/policy.toml" --insecure-no-passphrase >/dev/null 2>&1
+    local sqlite_token sqlite_url sqlite_pid
+    sqlite_token=$(CA_LOG=error $bin token create --data-dir "$tmp/ca" --env ci --service api --uses 100000000 --ttl 24h 2>/dev/null)
+    $bin bundle --data-dir "$tmp/ca" --env ci > "$tmp/sqlite-bundle.pem" 2>/dev/null
+    sqlite_url=$(start_server "$tmp/ca" "$tmp/sqlite.out")
+    sqlite_pid=$(cat "$tmp/sqlite.out.pid")
+    pids+=("$sqlite_pid")
+
+    # PostgreSQL: one CA, three replicas; [database] max_connections per replica.
+    local db
+    db=$(pg_create_db ca)
+    CA_LOG=error $bin init --database-url "$db" --policy "$tmp/policy.toml" --insecure-no-passphrase >/dev/null 2>&1
+    local pg_token
+    pg_token=$(CA_LOG=error $bin token create --database-url "$db" --env ci --service api --uses 100000000 --ttl 24h 2>/dev/null)
+    $bin bundle --database-url "$db" --env ci > "$tmp/pg-bundle.pem" 2>/dev/null
+    printf '[database]\nmax_connections = %s\n' "$conns" > "$tmp/pg-serve.toml"
+    local pg_urls=() pg_pids=() i
+    for i in 1 2 3; do
+        pg_urls+=("$(start_server "$db" "$tmp/pg-$i.out" --config "$tmp/pg-serve.toml")")
+        pg_pids+=("$(cat "$tmp/pg-$i.out.pid")")
+        pids+=("${pg_pids[-1]}")
+    done
+    local postmaster all_urls all_pids
+    postmaster=$(pg_postmaster_pid)
+    all_urls=$(IFS=,; echo "${pg_urls[*]}")
+    all_pids=$(IFS=,; echo "${pg_pids[*]}")
+
+    local results="$tmp/results.jsonl"
+    run() { # name concurrency [extra args]
+        local name=$1 c=$2
+        shift 2
+        local line
+        line=$("$load" --mode enroll --concurrency "$c" --seconds "$seconds" --csr "$tmp/req.csr" \
+            --dns api.ci.svc.example.internal ${disk:+--disk "$disk"} "$@")
+        echo "{\"name\":\"$name\",\"result\":$line}" >> "$results"
+        echo "  $name c=$c: $line" >&2
+    }
+    echo "Measuring ${seconds}s runs, ${rounds} interleaved rounds (disk: ${disk:-unknown};" \
+        "PostgreSQL $(basename "$(dirname "$PG_BIN")"), [database] max_connections = $conns per replica;" \
+        "load average before: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    for c in 8 32; do
+        for _ in $(seq 1 "$rounds"); do
+            run sqlite "$c" --url "$sqlite_url" --ca-bundle "$tmp/sqlite-bundle.pem" --token "$sqlite_token" \
+                --pid "$sqlite_pid"
+            run pg1 "$c" --url "${pg_urls[0]}" --ca-bundle "$tmp/pg-bundle.pem" --token "$pg_token" \
+                --pid "${pg_pids[0]},$postmaster"
+            run pg3 "$c" --url "$all_urls" --ca-bundle "$tmp/pg-bundle.pem" --token "$pg_token" \
+                --pid "$all_pids,$postmaster"
+        done
+    done
+    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(name, c, key):
+    vals = [r["result"][key] for r in rows if r["name"] == name and r["result"]["concurrency"] == c and r["result"][key] is not None]
+    return statistics.median(vals) if vals else None
+def fmt(v, d=1):
+    return "-" if v is None else f"{v:,.{d}f}"
+print()
+print("| backend | replicas | concurrency | certs/s | p50 ms | p99 ms | CPU ms/cert | flushes/cert | / SQLite |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for c in (8, 32):
+    base = med("sqlite", c, "per_second")
+    for name, backend, n in (("sqlite", "SQLite", 1), ("pg1", "PostgreSQL", 1), ("pg3", "PostgreSQL", 3)):
+        v = med(name, c, "per_second")
+        ratio = "-" if not v or not base else f"{v / base:.2f}"
+        print(f"| {backend} | {n} | {c} | {fmt(v)} | {fmt(med(name, c, 'p50_ms'), 2)} | {fmt(med(name, c, 'p99_ms'), 2)} | "
+              f"{fmt(med(name, c, 'server_cpu_ms_per_cert'), 3)} | {fmt(med(name, c, 'flushes_per_cert'), 3)} | {ratio} |")
+errors = sum(r["result"]["errors"] for r in rows)
+print("\nCPU ms/cert: the ca-server process(es); for PostgreSQL also its postmaster and backends.")
+print(f"failed requests over all runs: {errors}")
+PY
+}
+
 # Each in a subshell, so each stops what it started when it ends.
 case "$what" in
     revocation) (revocation) ;;
     issuance) (issuance) ;;
     footprint) (footprint) ;;
-    all) (revocation); (issuance); (footprint) ;;
-    *) echo "usage: scripts/bench.sh [revocation|issuance|footprint|all]" >&2; exit 2 ;;
+    postgres) (postgres) ;;
+    all) (revocation); (issuance); (footprint); (postgres) ;;
+    *) echo "usage: scripts/bench.sh [revocation|issuance|footprint|postgres|all]" >&2; exit 2 ;;
 esac

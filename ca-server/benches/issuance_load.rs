@@ -1,13 +1,18 @@
-//! Load generator for `scripts/bench.sh issuance`: drives a running CA (ours or cfssl) at a fixed
-//! concurrency for a bounded time and prints one JSON line: certificates per second, latency
-//! percentiles, and, given the server's pid and disk, its CPU time and disk flushes per
-//! certificate. Loopback only; stops by itself.
+//! Load generator for `scripts/bench.sh issuance` and `postgres`: drives a running CA (ours or
+//! cfssl) at a fixed concurrency for a bounded time and prints one JSON line: certificates per
+//! second, latency percentiles, and, given the servers' pids and disk, their CPU time and disk
+//! flushes per certificate. Loopback only; stops by itself.
 //!
 //! ```text
 //! issuance_load --mode enroll|renew|renew-new-conn|cfssl --url URL --concurrency N --seconds S
 //!               --csr FILE [--ca-bundle FILE] [--token T] [--cert CHAIN --key KEY] [--dns NAME]
 //!               [--pid PID] [--disk vda]
 //! ```
+//!
+//! `--url` may be given several times or as a comma-separated list (replicas of one CA): the
+//! clients are spread round-robin over them, each client sticking to one URL. `--pid` may be given
+//! several times or comma-separated too: the CPU time is summed over those processes and their
+//! direct children (so a PostgreSQL postmaster's pid counts its backends).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ enum Mode {
 
 struct Args {
     mode: Mode,
-    url: String,
+    urls: Vec<String>,
     concurrency: usize,
     seconds: u64,
     csr: String,
@@ -35,7 +40,7 @@ struct Args {
     token: String,
     identity: Option<(Vec<u8>, Vec<u8>)>,
     dns: String,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     disk: Option<String>,
 }
 
@@ -46,6 +51,8 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 
 fn parse_args() -> Args {
     let mut kv: HashMap<String, String> = HashMap::new();
+    // Repeatable, each value possibly a comma-separated list.
+    let mut lists: HashMap<String, Vec<String>> = HashMap::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         // cargo bench passes --bench; nothing else is a flag without a value.
@@ -58,7 +65,15 @@ fn parse_args() -> Args {
         let value = it
             .next()
             .unwrap_or_else(|| fail(format!("--{key} needs a value")));
-        kv.insert(key.to_string(), value);
+        if key == "url" || key == "pid" {
+            let items = value.split(',').map(str::trim).filter(|v| !v.is_empty());
+            lists
+                .entry(key.to_string())
+                .or_default()
+                .extend(items.map(String::from));
+        } else {
+            kv.insert(key.to_string(), value);
+        }
     }
     let get = |k: &str| kv.get(k).cloned();
     let need = |k: &str| get(k).unwrap_or_else(|| fail(format!("--{k} is required")));
@@ -70,13 +85,27 @@ fn parse_args() -> Args {
         "cfssl" => Mode::Cfssl,
         m => fail(format!("unknown mode {m:?}")),
     };
-    let url = need("url");
-    if !(url.starts_with("https://127.") || url.starts_with("http://127.")) {
-        fail("--url must be a loopback address");
+    let urls = lists.remove("url").unwrap_or_default();
+    if urls.is_empty() {
+        fail("--url is required");
     }
+    for url in &urls {
+        if !(url.starts_with("https://127.") || url.starts_with("http://127.")) {
+            fail(format!("--url {url}: must be a loopback address"));
+        }
+    }
+    let pids = lists
+        .remove("pid")
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|_| fail(format!("--pid {p}: a number")))
+        })
+        .collect();
     Args {
         mode,
-        url,
+        urls,
         concurrency: need("concurrency")
             .parse()
             .unwrap_or_else(|_| fail("--concurrency: a number")),
@@ -96,18 +125,54 @@ fn parse_args() -> Args {
             _ => None,
         },
         dns: get("dns").unwrap_or_default(),
-        pid: get("pid").and_then(|p| p.parse().ok()),
+        pids,
         disk: get("disk"),
     }
 }
 
-/// utime + stime of `pid`, seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// Fields of `/proc/<pid>/stat` after the command name (the state is field 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Sum of the fields at `idx`, in clock ticks.
+fn ticks(f: &[String], idx: &[usize]) -> Option<f64> {
+    idx.iter()
+        .map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum::<Option<f64>>()
+}
+
+/// CPU seconds of `pids` and their children: utime + stime of each, cutime + cstime (children
+/// already waited for) and utime + stime of their live direct children. None unless every pid
+/// is there.
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    for &pid in pids {
+        total += ticks(&stat_fields(pid)?, &[11, 12, 13, 14])?;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A child that goes away meanwhile is found in its parent's cutime on the next reading.
+        if let Some(f) = stat_fields(child)
+            && f.get(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|ppid| pids.contains(&ppid))
+        {
+            total += ticks(&f, &[11, 12]).unwrap_or(0.0);
+        }
+    }
+    Some(total / 100.0)
 }
 
 /// Completed flush requests of block device `disk`.
@@ -122,10 +187,16 @@ type Plain = hyper_util::client::legacy::Client<
 >;
 
 /// One request of `mode`; true when a certificate came back.
-async fn one(args: &Args, body: &[u8], shared: Option<&ApiClient>, plain: &Plain) -> bool {
+async fn one(
+    args: &Args,
+    url: &str,
+    body: &[u8],
+    shared: Option<&ApiClient>,
+    plain: &Plain,
+) -> bool {
     match args.mode {
         Mode::Cfssl => {
-            let req = hyper::Request::post(format!("{}/api/v1/cfssl/sign", args.url))
+            let req = hyper::Request::post(format!("{url}/api/v1/cfssl/sign"))
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::copy_from_slice(body)));
             let Ok(req) = req else { return false };
@@ -146,7 +217,7 @@ async fn one(args: &Args, body: &[u8], shared: Option<&ApiClient>, plain: &Plain
             let Ok(id) = ClientIdentity::from_pem(cert, key) else {
                 return false;
             };
-            let Ok(client) = ApiClient::new(&args.url, &args.ca_bundle, Some(id)) else {
+            let Ok(client) = ApiClient::new(url, &args.ca_bundle, Some(id)) else {
                 return false;
             };
             matches!(client.post_body("/v1/renew", body.to_vec()).await, Ok(r) if r.status == 201)
@@ -167,6 +238,24 @@ async fn one(args: &Args, body: &[u8], shared: Option<&ApiClient>, plain: &Plain
     }
 }
 
+/// The client all tasks on `url` share (enroll, renew over keep-alive); None for the modes that
+/// make their own.
+fn shared_client(args: &Args, url: &str) -> Option<Arc<ApiClient>> {
+    let client = match args.mode {
+        Mode::Enroll => ApiClient::new(url, &args.ca_bundle, None),
+        Mode::Renew => {
+            let (cert, key) = args
+                .identity
+                .clone()
+                .unwrap_or_else(|| fail("--cert and --key are required"));
+            let id = ClientIdentity::from_pem(&cert, &key).unwrap_or_else(|e| fail(e));
+            ApiClient::new(url, &args.ca_bundle, Some(id))
+        }
+        Mode::RenewNewConn | Mode::Cfssl => return None,
+    };
+    Some(Arc::new(client.unwrap_or_else(|e| fail(e))))
+}
+
 fn main() {
     let args = Arc::new(parse_args());
     let body = match args.mode {
@@ -183,36 +272,33 @@ fn main() {
         .build()
         .unwrap_or_else(|e| fail(e));
     rt.block_on(async {
-        let shared = match args.mode {
-            Mode::Enroll => Some(ApiClient::new(&args.url, &args.ca_bundle, None)),
-            Mode::Renew => {
-                let (cert, key) = args.identity.clone().unwrap_or_else(|| fail("--cert and --key are required"));
-                let id = ClientIdentity::from_pem(&cert, &key).unwrap_or_else(|e| fail(e));
-                Some(ApiClient::new(&args.url, &args.ca_bundle, Some(id)))
-            }
-            _ => None,
-        }
-        .map(|c| Arc::new(c.unwrap_or_else(|e| fail(e))));
+        // One shared client per URL (enroll, renew over keep-alive).
+        let shared: Vec<_> = args.urls.iter().map(|u| shared_client(&args, u)).collect();
         let plain: Plain =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
-        // Warm up the connections before measuring.
-        for _ in 0..args.concurrency.min(4) {
-            one(&args, &body, shared.as_deref(), &plain).await;
+        // Warm up the connections (of every URL) before measuring.
+        for (url, shared) in args.urls.iter().zip(&shared) {
+            for _ in 0..args.concurrency.min(4) {
+                one(&args, url, &body, shared.as_deref(), &plain).await;
+            }
         }
-        let cpu0 = args.pid.and_then(cpu_seconds);
+        let cpu0 = cpu_seconds(&args.pids);
         let flush0 = args.disk.as_deref().and_then(flushes);
         let start = Instant::now();
         let deadline = start + Duration::from_secs(args.seconds);
         let mut tasks = Vec::new();
-        for _ in 0..args.concurrency {
-            let (args, body, shared, plain) = (args.clone(), body.clone(), shared.clone(), plain.clone());
+        for i in 0..args.concurrency {
+            // Round-robin: client i sticks to URL i mod n.
+            let u = i % args.urls.len();
+            let (args, body, plain) = (args.clone(), body.clone(), plain.clone());
+            let shared = shared[u].clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    if one(&args, &body, shared.as_deref(), &plain).await {
+                    if one(&args, &args.urls[u], &body, shared.as_deref(), &plain).await {
                         lat.push(t.elapsed().as_micros() as u64);
                     } else {
                         errors += 1;
@@ -230,7 +316,7 @@ fn main() {
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu = match (cpu0, args.pid.and_then(cpu_seconds)) {
+        let cpu = match (cpu0, cpu_seconds(&args.pids)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
@@ -250,6 +336,7 @@ fn main() {
         let out = serde_json::json!({
             "mode": format!("{:?}", args.mode),
             "concurrency": args.concurrency,
+            "servers": args.urls.len(),
             "seconds": (elapsed * 100.0).round() / 100.0,
             "certificates": lat.len(),
             "errors": errors,
