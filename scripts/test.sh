@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs the system tools the tests drive (openssl, curl, nginx, pebble with
 # pebble-challtestsrv as the ACME peer, PostgreSQL's server without a system cluster), then runs every
-# test of the workspace. Exits non-zero on any failure.
+# test of the workspace and a short fuzzing run. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,3 +35,9 @@ if cargo tree --workspace -e normal --locked | grep -E 'aws-lc|openssl-sys|nativ
 fi
 
 cargo test --workspace --locked "$@"
+
+# A few seconds of fuzzing per target on a scratch copy of the corpus (`cargo test` above already
+# replayed every kept input); a crash fails the run and its input is kept in ca-server/fuzz/artifacts.
+if [ "$#" -eq 0 ]; then
+    scripts/fuzz.sh --no-grow "${FUZZ_SECONDS:-3}"
+fi

@@ -152,6 +152,22 @@ impl Board {
     }
 }
 
+/// A label value in the Prometheus text format: backslash, double quote and line feed escaped.
+/// Names, environments, services and ACME account names come from the configuration, which
+/// does not restrict their characters; unescaped, one quote or newline breaks the whole page.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Prometheus text for `status`.
 pub fn render_metrics(status: &StatusFile) -> String {
     let mut out = String::new();
@@ -162,7 +178,10 @@ pub fn render_metrics(status: &StatusFile) -> String {
                 if let Some(v) = value(c) {
                     out.push_str(&format!(
                         "{name}{{name=\"{}\",env=\"{}\",service=\"{}\",issuer=\"{}\"}} {v}\n",
-                        c.name, c.env, c.service, c.issuer
+                        label(&c.name),
+                        label(&c.env),
+                        label(&c.service),
+                        label(&c.issuer)
                     ));
                 }
             }
@@ -230,5 +249,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ca_agent_certificate_expiry_timestamp_seconds{name=\"api\",env=\"dev\",service=\"api\",issuer=\"private\"} 1700000000"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut c = CertStatus::new("a\npi", "d\"ev", "s\\vc");
+        c.issuer = "acme:x\"} 1\nfake 2".into();
+        let st = StatusFile {
+            pid: 1,
+            updated_at: 0,
+            certs: BTreeMap::from([("api".to_string(), c)]),
+        };
+        let text = render_metrics(&st);
+        assert!(
+            text.contains(
+                "ca_agent_renewals_total{name=\"a\\npi\",env=\"d\\\"ev\",service=\"s\\\\vc\",issuer=\"acme:x\\\"} 1\\nfake 2\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("# ") || l.starts_with("ca_agent_")),
+            "{text}"
+        );
     }
 }
