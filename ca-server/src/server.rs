@@ -208,6 +208,10 @@ impl crate::error::Classify for ServeError {
     }
 }
 
+/// Largest HTTP/1 request head (request line and headers), bytes; the same as hyper's default
+/// HTTP/2 header list limit.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// The server certificate in use, swapped atomically on rotation.
 #[derive(Debug)]
 struct RotatingCert(RwLock<Arc<CertifiedKey>>);
@@ -229,6 +233,23 @@ fn certified_key(cert: &ServerCert) -> Result<Arc<CertifiedKey>, ServeError> {
         .map(|d| CertificateDer::from(d.clone()))
         .collect();
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// HTTP settings of both listeners (HTTPS, and plain HTTP for CRLs and OCSP).
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its request headers must not hold a connection forever. Request
+    // heads are capped like HTTP/2's header lists (16 KiB): a larger one is answered 431.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(StdDuration::from_secs(10))
+        .max_buf_size(MAX_REQUEST_HEAD);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(StdDuration::from_secs(30));
+    builder
 }
 
 /// Seconds until a certificate valid over [not_before, not_after] should be replaced.
@@ -352,6 +373,7 @@ pub async fn serve(
                 let _ = writeln!(out, "listening on http://{bound} (CRL and OCSP only)");
                 let _ = out.flush();
             }
+            let builder = http_builder();
             Some(tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -359,14 +381,13 @@ pub async fn serve(
                         continue;
                     };
                     let app = app.clone();
+                    let builder = builder.clone();
                     tokio::spawn(async move {
                         let svc =
                             hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                                 app.clone().oneshot(req.map(axum::body::Body::new))
                             });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
                     });
                 }
             }))
@@ -398,16 +419,7 @@ pub async fn serve(
     tracing::info!(%addr, "serving");
 
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client that trickles its request headers must not hold a connection forever.
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(StdDuration::from_secs(10));
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(StdDuration::from_secs(30));
+    let builder = http_builder();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer_addr) = tokio::select! {

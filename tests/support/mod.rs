@@ -388,6 +388,11 @@ pub struct Server {
 impl TestCa {
     /// Starts `ca-server serve --listen 127.0.0.1:0 EXTRA...` and waits for its ready line.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_with_env(extra, &[])
+    }
+
+    /// [`TestCa::serve`] with extra environment variables (`CA_LOG`, ...).
+    pub fn serve_with_env(&self, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         use std::io::{BufRead, BufReader};
         let stderr_path = self.tmp.path().join(format!(
             "serve-{}.err",
@@ -404,6 +409,7 @@ impl TestCa {
         }
         c.args(extra);
         self.locate(&mut c);
+        c.envs(vars.iter().copied());
         c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = c.spawn().expect("start ca-server serve");
         let stdout = child.stdout.take().expect("stdout");

@@ -186,8 +186,10 @@ async fn self_revoke(
 /// `GET /crl/{env}.crl` (DER), `/crl/{env}.pem`, and the same for `root`.
 async fn crl(
     State(st): State<AppState>,
-    axum::extract::Path(file): axum::extract::Path<String>,
+    file: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
+    // A name that is not UTF-8 names no CRL.
+    let axum::extract::Path(file) = file.map_err(|_| ApiError::not_found())?;
     let (name, pem) = match (file.strip_suffix(".crl"), file.strip_suffix(".pem")) {
         (Some(n), _) => (n, false),
         (_, Some(n)) => (n, true),
@@ -226,16 +228,27 @@ fn ocsp_response(der: Vec<u8>) -> Response {
 }
 
 /// `POST /ocsp` with a DER request body.
-async fn ocsp_post(State(st): State<AppState>, body: axum::body::Bytes) -> Response {
-    ocsp_response(st.ca.ocsp(&body).await)
+async fn ocsp_post(
+    State(st): State<AppState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match body {
+        Ok(der) => ocsp_response(st.ca.ocsp(&der).await),
+        Err(r) => ApiError::from(r).into_response(),
+    }
 }
 
 /// `GET /ocsp/{base64 of the DER request}` (RFC 6960 appendix A.1).
 async fn ocsp_get(
     State(st): State<AppState>,
-    axum::extract::Path(encoded): axum::extract::Path<String>,
+    encoded: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     use base64::Engine;
+    let Ok(axum::extract::Path(encoded)) = encoded else {
+        return ocsp_response(crate::ocsp::error_response(
+            crate::ocsp::ResponseStatus::MalformedRequest,
+        ));
+    };
     let text = encoded
         .replace("%2F", "/")
         .replace("%2B", "+")
@@ -505,6 +518,10 @@ async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
 /// Records request latency, and issuance and refusal counts, from what handlers left in the
 /// response: metrics wrap the handlers instead of being sprinkled through them.
 async fn track(req: Request, next: Next) -> Response {
@@ -551,6 +568,7 @@ pub fn distribution_router(state: AppState) -> Router {
     let max_body = state.max_body;
     distribution_routes()
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track))
         .with_state(state)
@@ -574,6 +592,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(distribution_routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track))
         .with_state(state)

@@ -65,6 +65,15 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
     }
 
+    /// The route exists, not with this method (axum adds the `Allow` header).
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this endpoint does not accept this method",
+        )
+    }
+
     /// The stable slug.
     pub fn slug(&self) -> &'static str {
         self.slug
@@ -145,6 +154,19 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                 "send JSON with Content-Type: application/json",
             ),
             _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", r.body_text()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(r: axum::extract::rejection::BytesRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "request body exceeds the size limit",
+            ),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad-request", r.body_text()),
         }
     }
 }

@@ -133,6 +133,9 @@ pub(super) async fn revoke(cli: &Cli, a: &RevokeArgs) -> CliResult<()> {
         print_revoked(&to_wire(certs), a.reason.as_str(), true, a.json);
         return Ok(());
     }
+    // A revocation reissues its CRL with the CA's keys: a wrong or missing passphrase fails
+    // here, before anything is revoked, instead of after it with a CRL left stale.
+    ca.load_signers().await?;
     if matches!(target, RevokeTarget::Identity(_)) && !a.yes {
         let certs = ca.revoke(input(true)).await?;
         print_revoked(&to_wire(certs.clone()), a.reason.as_str(), true, false);
