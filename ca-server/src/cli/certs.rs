@@ -346,8 +346,8 @@ mod tests {
     fn a_generated_key_is_not_printed() {
         let generated = generate_csr(KeyType::P256).expect("key");
         let der = pem::parse(generated.key_pem.as_bytes()).expect("PEM");
-        let scalar = crate::redaction::p256_scalar(der.contents());
-        crate::redaction::assert_redacted("GeneratedKey", &generated, &scalar);
-        crate::redaction::assert_redacted("GeneratedKey", &generated, generated.key_pem.as_bytes());
+        let scalar = ca_wire::leak::p256_scalar(der.contents());
+        ca_wire::leak::assert_redacted("GeneratedKey", &generated, &scalar);
+        ca_wire::leak::assert_redacted("GeneratedKey", &generated, generated.key_pem.as_bytes());
     }
 }
