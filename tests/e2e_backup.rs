@@ -17,32 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::TempPostgres;
-use support::{TestCa, curl_download, example_policy, list_dir, mode, openssl, run_bounded, s};
+use support::{
+    TestCa, curl_download, curl_enroll, example_policy, list_dir, mode, openssl, run_bounded, s,
+};
 
 const API_CI: &str = "api.ci.svc.example.internal";
-
-/// One enrollment with curl: the HTTP status and body (`None` when there was no answer).
-fn enroll(url: &str, root: &str, body: &str) -> Option<(u16, String)> {
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        root,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        body,
-        "-w",
-        "\n%{http_code}",
-        &format!("{url}/v1/enroll"),
-    ]);
-    let run = run_bounded(c, Duration::from_secs(20));
-    let (json, code) = run.stdout.rsplit_once('\n')?;
-    let code: u16 = code.trim().parse().ok()?;
-    Some((code, json.to_string()))
-}
 
 /// The certificate PEM of a 201 enrollment answer.
 fn certificate_of(json: &str) -> String {
@@ -199,7 +178,7 @@ fn backup_under_load_and_restore_keep_every_acknowledged_certificate() {
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match enroll(&url, &root, &body) {
+                    match curl_enroll(&url, &root, &body) {
                         Some((201, json)) => {
                             received.lock().expect("lock").push(certificate_of(&json));
                         }
@@ -261,11 +240,11 @@ fn backup_under_load_and_restore_keep_every_acknowledged_certificate() {
 
     // After the backup: a one-use token is spent, a certificate from before is revoked, and more
     // CRLs are published.
-    let late = enroll(&server.url, s(&root), &one_use_body).expect("answer");
+    let late = curl_enroll(&server.url, s(&root), &one_use_body).expect("answer");
     assert_eq!(late.0, 201, "{}", late.1);
     let late_serial = serial_of(&ca, &certificate_of(&late.1));
     let late_fingerprint = fingerprint_of(&ca, &certificate_of(&late.1));
-    let spent = enroll(&server.url, s(&root), &one_use_body).expect("answer");
+    let spent = curl_enroll(&server.url, s(&root), &one_use_body).expect("answer");
     assert_eq!(
         spent.0, 401,
         "a spent one-use token is refused: {}",
@@ -376,7 +355,7 @@ fn backup_under_load_and_restore_keep_every_acknowledged_certificate() {
         crl_after > max_seen,
         "CRL number {crl_after} after the restore is not above {max_seen} published before"
     );
-    let again = enroll(&server2.url, s(&root), &one_use_body).expect("answer");
+    let again = curl_enroll(&server2.url, s(&root), &one_use_body).expect("answer");
     assert_eq!(
         again.0, 201,
         "a token use spent after the backup is usable again in the restored copy: {}",

@@ -10,32 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{TestCa, openssl, run_bounded, s};
+use support::{TestCa, curl_enroll, openssl, run_bounded, s};
 
 const API_CI: &str = "api.ci.svc.example.internal";
-
-/// One enrollment with curl: the certificate PEM on 201, `None` on anything else.
-fn enroll(url: &str, root: &str, body: &str) -> Option<(u16, String)> {
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        root,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        body,
-        "-w",
-        "\n%{http_code}",
-        &format!("{url}/v1/enroll"),
-    ]);
-    let run = run_bounded(c, Duration::from_secs(20));
-    let (json, code) = run.stdout.rsplit_once('\n')?;
-    let code: u16 = code.trim().parse().ok()?;
-    Some((code, json.to_string()))
-}
 
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_certificate() {
@@ -72,7 +49,7 @@ fn sigkill_under_load_loses_no_acknowledged_certificate() {
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match enroll(&url, &root, &body) {
+                    match curl_enroll(&url, &root, &body) {
                         Some((201, json)) => {
                             let v: serde_json::Value =
                                 serde_json::from_str(&json).expect("201 carries JSON");
@@ -141,6 +118,6 @@ fn sigkill_under_load_loses_no_acknowledged_certificate() {
 
     // A restarted server issues again.
     let server = ca.serve(&[]);
-    let again = enroll(&server.url, s(&root), &body_arg).expect("answer");
+    let again = curl_enroll(&server.url, s(&root), &body_arg).expect("answer");
     assert_eq!(again.0, 201, "{}", again.1);
 }

@@ -360,6 +360,30 @@ impl TestCa {
     }
 }
 
+/// One enrollment with curl (`body` is curl's `--data-binary` argument, e.g. `@FILE`): the HTTP
+/// status and body, `None` when no answer came.
+pub fn curl_enroll(url: &str, root: &str, body: &str) -> Option<(u16, String)> {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        root,
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+        "-w",
+        "\n%{http_code}",
+        &format!("{url}/v1/enroll"),
+    ]);
+    let run = run_bounded(c, Duration::from_secs(20));
+    let (json, code) = run.stdout.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    Some((code, json.to_string()))
+}
+
 /// Files in `dir` (empty when it does not exist).
 pub fn list_dir(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
