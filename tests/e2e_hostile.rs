@@ -1171,6 +1171,18 @@ fn transport_abuse_is_cut_off_and_the_server_keeps_serving() {
             other => Err(format!("{other:?}")),
         }
     });
+    let idle_tls = {
+        let cfg = anonymous.clone();
+        std::thread::spawn(move || {
+            // TLS completed, then nothing: closed once the first-request deadline passes.
+            let mut tls =
+                tls_connect(port, &cfg, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+            match ending(&mut tls) {
+                End::Closed(data) if data.is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    };
     let mut stalled = tls_connect(port, &anonymous, Duration::from_millis(200)).expect("connect");
     stalled
         .write_all(
@@ -1465,6 +1477,7 @@ fn transport_abuse_is_cut_off_and_the_server_keeps_serving() {
         ("http1/slow-headers-https", slow_https),
         ("http1/slow-headers-plain-http", slow_http),
         ("tls/silent-client", silent),
+        ("tls/idle-after-handshake-is-closed", idle_tls),
     ] {
         t.case(&mut report, name, || {
             handle.join().unwrap_or_else(|_| Err("panicked".into()))

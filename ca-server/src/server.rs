@@ -236,6 +236,99 @@ fn certified_key(cert: &ServerCert) -> Result<Arc<CertifiedKey>, ServeError> {
 }
 
 /// HTTP settings of both listeners (HTTPS, and plain HTTP for CRLs and OCSP).
+/// How long a new connection may stay silent before its first request byte. hyper's header
+/// timeout only starts once the protocol (HTTP/1 or HTTP/2) is known, which takes the first bytes:
+/// without this a client could open connections, complete TLS and hold them forever.
+const FIRST_BYTE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+
+/// A connection that fails with `TimedOut` if its first byte has not arrived within
+/// [`FIRST_BYTE_TIMEOUT`]; after that, a plain pass-through (idle keep-alive connections are
+/// closed by hyper's own timeouts).
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S) -> Self {
+        FirstByteDeadline::within(inner, FIRST_BYTE_TIMEOUT)
+    }
+
+    fn within(inner: S, limit: StdDuration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request on a new connection in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request headers must not hold a connection forever. Request
@@ -387,7 +480,9 @@ pub async fn serve(
                             hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                                 app.clone().oneshot(req.map(axum::body::Body::new))
                             });
-                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        let _ = builder
+                            .serve_connection(TokioIo::new(FirstByteDeadline::new(tcp)), svc)
+                            .await;
                     });
                 }
             }))
@@ -462,7 +557,7 @@ pub async fn serve(
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(TokioIo::new(FirstByteDeadline::new(tls)), svc)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
@@ -645,6 +740,27 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_connection_times_out_and_a_talking_one_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limit = StdDuration::from_millis(50);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut silent = FirstByteDeadline::within(server, limit);
+        let mut buf = [0u8; 8];
+        let err = silent.read(&mut buf).await.expect_err("times out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+
+        let (mut client2, server2) = tokio::io::duplex(64);
+        let mut talking = FirstByteDeadline::within(server2, limit);
+        client2.write_all(b"GET").await.expect("write");
+        assert_eq!(talking.read(&mut buf).await.expect("read"), 3);
+        // Past the deadline, an idle but started connection is left to hyper's timeouts.
+        tokio::time::sleep(limit * 3).await;
+        client2.write_all(b" /").await.expect("write");
+        assert_eq!(talking.read(&mut buf).await.expect("read"), 2);
+        client.shutdown().await.expect("shutdown");
+    }
 
     #[test]
     fn a_late_firing_lands_in_the_period_of_its_tick() {

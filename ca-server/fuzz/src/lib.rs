@@ -16,3 +16,24 @@ pub mod rng;
 pub mod targets;
 
 pub use targets::{NAMES, Target, make};
+
+#[cfg(feature = "libfuzzer")]
+#[doc(hidden)]
+pub use libfuzzer_sys;
+
+/// A libFuzzer entry point running the target called `$name` (feature `libfuzzer`).
+#[cfg(feature = "libfuzzer")]
+#[macro_export]
+macro_rules! libfuzzer_target {
+    ($name:literal) => {
+        thread_local! {
+            static TARGET: std::cell::RefCell<Box<dyn $crate::Target>> =
+                std::cell::RefCell::new($crate::make($name).expect("a target of this name"));
+        }
+        $crate::libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+            TARGET.with(|t| {
+                t.borrow_mut().run(data);
+            });
+        });
+    };
+}
