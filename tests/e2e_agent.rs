@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Agent, Server, TestCa, agent_bin, openssl, s, status};
+use support::{Agent, Server, TestCa, agent_bin, api_status, openssl, s, status, wait_for_api};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
 
@@ -171,31 +171,6 @@ reload_command = ["sh", "-c", "echo $SERIAL $(openssl pkey -in \"$KEY_PATH\" -pu
     }
 }
 
-fn api_status(cfg: &Path) -> serde_json::Value {
-    status(cfg).1["certs"]["api"].clone()
-}
-
-/// Polls until `pred` holds for the api status, or panics after `limit`.
-fn wait_for(
-    cfg: &Path,
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let st = api_status(cfg);
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}; status: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn reloads(cfg: &Path) -> Vec<(String, String)> {
     support::reload_log(&cfg.parent().expect("dir").join("reloads"))
 }
@@ -212,14 +187,14 @@ fn agent_rotates_with_fresh_keys_and_readers_never_see_a_torn_pair() {
     let out = cfg.parent().expect("dir").join("out");
     let reader = Reader::start(&out, env.ca.tmp.path(), 58);
     let agent = Agent::start(&cfg);
-    let first = wait_for(&cfg, Duration::from_secs(20), "enrollment", |s| {
+    let first = wait_for_api(&cfg, Duration::from_secs(20), "enrollment", |s| {
         s["health"] == "ok"
     });
     std::thread::sleep(Duration::from_secs(46));
     reader.finish();
     // Compare hook runs with the count while the agent is idle between renewals (the hook runs
     // right after each renewal, before the next wait is scheduled).
-    let last = wait_for(&cfg, Duration::from_secs(20), "an idle moment", |s| {
+    let last = wait_for_api(&cfg, Duration::from_secs(20), "an idle moment", |s| {
         s["next_attempt"].as_i64().unwrap_or(0) - support_now() >= 3
     });
 
@@ -270,7 +245,7 @@ fn agent_rides_out_a_server_outage_and_a_sigkill() {
     let out = cfg.parent().expect("dir").join("out");
     let reader = Reader::start(&out, env.ca.tmp.path(), 55);
     let mut agent = Agent::start(&cfg);
-    let first = wait_for(&cfg, Duration::from_secs(20), "enrollment", |s| {
+    let first = wait_for_api(&cfg, Duration::from_secs(20), "enrollment", |s| {
         s["health"] == "ok"
     });
 
@@ -293,7 +268,7 @@ fn agent_rides_out_a_server_outage_and_a_sigkill() {
         "the current certificate is still valid: {during}"
     );
     env.server = Env::start_server(&env.ca, &format!("127.0.0.1:{port}"));
-    let renewed = wait_for(&cfg, Duration::from_secs(15), "recovery", |s| {
+    let renewed = wait_for_api(&cfg, Duration::from_secs(15), "recovery", |s| {
         s["serial"] != first["serial"] && s["health"] == "ok"
     });
     assert!(renewed["last_error"].is_null(), "{renewed}");
@@ -305,7 +280,7 @@ fn agent_rides_out_a_server_outage_and_a_sigkill() {
     std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(30));
     agent.kill9();
     let mut agent = Agent::start(&cfg);
-    let after = wait_for(
+    let after = wait_for_api(
         &cfg,
         Duration::from_secs(30),
         "renewal after restart",
@@ -335,7 +310,7 @@ fn a_revoked_certificate_is_reported_and_replaced_only_with_a_new_token() {
     let cfg = env.agent_config("revoked", "1h", "crl = true");
     write_token(&cfg, &env.token(&[]));
     let agent = Agent::start(&cfg);
-    let first = wait_for(&cfg, Duration::from_secs(20), "enrollment", |s| {
+    let first = wait_for_api(&cfg, Duration::from_secs(20), "enrollment", |s| {
         s["health"] == "ok"
     });
     let serial = first["serial"].as_str().expect("serial").to_string();
@@ -344,7 +319,7 @@ fn a_revoked_certificate_is_reported_and_replaced_only_with_a_new_token() {
         .expect_code(0);
 
     // The CRL refresh notices, the renewal attempt is refused, and the used token cannot help.
-    let revoked = wait_for(
+    let revoked = wait_for_api(
         &cfg,
         Duration::from_secs(20),
         "revocation to be noticed",
@@ -379,7 +354,7 @@ fn a_revoked_certificate_is_reported_and_replaced_only_with_a_new_token() {
     );
 
     write_token(&cfg, &env.token(&[]));
-    let back = wait_for(&cfg, Duration::from_secs(20), "re-enrollment", |s| {
+    let back = wait_for_api(&cfg, Duration::from_secs(20), "re-enrollment", |s| {
         s["health"] == "ok"
     });
     assert_ne!(back["serial"].as_str(), Some(serial.as_str()));
@@ -401,11 +376,11 @@ fn renew_now_signals_the_daemon_and_metrics_are_served() {
     .expect("write");
     write_token(&cfg, &env.token(&[]));
     let mut agent = Agent::start(&cfg);
-    let first = wait_for(&cfg, Duration::from_secs(20), "enrollment", |s| {
+    let first = wait_for_api(&cfg, Duration::from_secs(20), "enrollment", |s| {
         s["health"] == "ok"
     });
     // The post-reload check against a port where nothing serves the new certificate is reported.
-    let warned = wait_for(&cfg, Duration::from_secs(20), "post-reload warning", |s| {
+    let warned = wait_for_api(&cfg, Duration::from_secs(20), "post-reload warning", |s| {
         s["reload_warning"].is_string()
     });
     assert!(
@@ -419,7 +394,7 @@ fn renew_now_signals_the_daemon_and_metrics_are_served() {
     let mut c = Command::new(agent_bin());
     c.args(["renew", "--now", "--config", s(&cfg), "api"]);
     support::run_bounded(c, Duration::from_secs(10)).expect_code(0);
-    let second = wait_for(&cfg, Duration::from_secs(15), "renewal on request", |s| {
+    let second = wait_for_api(&cfg, Duration::from_secs(15), "renewal on request", |s| {
         s["serial"] != first["serial"]
     });
     assert_eq!(second["renewals"], 2);
@@ -688,7 +663,7 @@ fn the_post_reload_check_confirms_the_service_serves_the_new_serial() {
             }
         }
     };
-    let first = wait_for(
+    let first = wait_for_api(
         &cfg,
         Duration::from_secs(30),
         "a checked certificate",
@@ -702,7 +677,7 @@ fn the_post_reload_check_confirms_the_service_serves_the_new_serial() {
     let mut c = Command::new(agent_bin());
     c.args(["renew", "--now", "--config", s(&cfg)]);
     support::run_bounded(c, Duration::from_secs(10)).expect_code(0);
-    let second = wait_for(
+    let second = wait_for_api(
         &cfg,
         Duration::from_secs(30),
         "the second checked certificate",

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::TempPostgres;
-use support::{
-    TestCa, curl_download, curl_enroll, example_policy, list_dir, mode, openssl, run_bounded, s,
-};
+use support::{TestCa, curl_download, curl_enroll, list_dir, mode, openssl, run_bounded, s};
 
 const API_CI: &str = "api.ci.svc.example.internal";
 
@@ -431,14 +429,7 @@ fn backup_under_load_and_restore_keep_every_acknowledged_certificate() {
 fn postgres_backup_is_pg_dump_and_restore_continues_crl_numbers() {
     let pg = TempPostgres::start();
     let url = pg.create_database("ca");
-    let ca = TestCa::on_postgres(&url);
-    ca.server(&[
-        "init",
-        "--policy",
-        s(&example_policy()),
-        "--insecure-no-passphrase",
-    ])
-    .expect_code(0);
+    let ca = support::init_insecure_on_postgres(&url);
 
     let out = ca.path("never.db");
     ca.server(&["backup", "--out", s(&out)])

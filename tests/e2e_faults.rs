@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Agent, Http, Server, TestCa, agent_bin, curl, openssl, run_bounded, s};
+use support::{
+    Agent, Http, Server, TestCa, agent_bin, curl, openssl, run_bounded, s, wait_for_api,
+};
 
 const API_CI: &str = "api.ci.svc.example.internal";
 const API_DEV: &str = "api.dev.svc.example.internal";
@@ -354,31 +356,6 @@ dir = "{out}"
     }
 }
 
-/// `ca-agent status --json`'s entry for `api`.
-fn api_status(cfg: &Path) -> serde_json::Value {
-    support::status(cfg).1["certs"]["api"].clone()
-}
-
-/// Polls `ca-agent status` until `pred` holds (bounded).
-fn wait_status(
-    cfg: &Path,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let st = api_status(cfg);
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no {what} within a minute; status: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `ca-agent renew --now`.
 fn renew_now(cfg: &Path) {
     let mut c = Command::new(agent_bin());
@@ -451,7 +428,9 @@ fn agent_fills_its_disk(fault: DiskFault) {
     };
     let cfg = env.agent(&dir, &out);
     let mut agent = Agent::start(&cfg);
-    let first = wait_status(&cfg, "enrollment", |s| s["health"] == "ok");
+    let first = wait_for_api(&cfg, Duration::from_secs(60), "enrollment", |s| {
+        s["health"] == "ok"
+    });
     let before = published(&out);
     let versions = support::list_dir(&out.join("versions"));
 
@@ -477,7 +456,7 @@ fn agent_fills_its_disk(fault: DiskFault) {
         }
     };
     renew_now(&cfg);
-    let failed = wait_status(&cfg, "failed renewal", |s| {
+    let failed = wait_for_api(&cfg, Duration::from_secs(60), "failed renewal", |s| {
         s["failures"].as_u64().unwrap_or(0) >= 1
     });
     let error = failed["last_error"].as_str().unwrap_or_default();
@@ -511,9 +490,12 @@ fn agent_fills_its_disk(fault: DiskFault) {
         l.lift();
     }
     renew_now(&cfg);
-    let renewed = wait_status(&cfg, "renewal once space is back", |s| {
-        s["health"] == "ok" && s["serial"] != first["serial"]
-    });
+    let renewed = wait_for_api(
+        &cfg,
+        Duration::from_secs(60),
+        "renewal once space is back",
+        |s| s["health"] == "ok" && s["serial"] != first["serial"],
+    );
     assert!(renewed["last_error"].is_null(), "{renewed}");
     openssl_pair_ok(&out);
     assert_eq!(agent.terminate(), Some(0));
@@ -801,7 +783,9 @@ fn agent_killed_at_random_points_of_renewals_never_publishes_a_torn_pair() {
     let state = dir.join("state");
     let cfg = env.agent(&dir, &out);
     let mut agent = Agent::start(&cfg);
-    wait_status(&cfg, "enrollment", |s| s["health"] == "ok");
+    wait_for_api(&cfg, Duration::from_secs(60), "enrollment", |s| {
+        s["health"] == "ok"
+    });
     let reader = Reader::start(&out);
 
     // How long a start and a renewal take here, so kill points spread over both.
@@ -856,7 +840,9 @@ fn agent_killed_at_random_points_of_renewals_never_publishes_a_torn_pair() {
     wait_ready(&agent, &state);
     let old = wait_serial(&agent, &state);
     renew_and_wait(&agent, &state, &old, seed);
-    let final_status = wait_status(&cfg, "a settled status", |s| s["health"] == "ok");
+    let final_status = wait_for_api(&cfg, Duration::from_secs(60), "a settled status", |s| {
+        s["health"] == "ok"
+    });
     assert!(
         final_status["last_error"].is_null(),
         "seed {seed}: {final_status}"

@@ -261,14 +261,7 @@ impl Cluster {
 fn three_replicas_on_postgres_lose_nothing_through_faults() {
     let pg = TempPostgres::start();
     let url = pg.create_database("ca");
-    let ca = TestCa::on_postgres(&url);
-    ca.server(&[
-        "init",
-        "--policy",
-        s(&example_policy()),
-        "--insecure-no-passphrase",
-    ])
-    .expect_code(0);
+    let ca = support::init_insecure_on_postgres(&url);
     let config = ca.path("serve.toml");
     // The CRL job every second, so its runs and their leases are exercised many times; a lease
     // longer than the SIGSTOP, so a stopped holder keeps the job rather than run beside another.

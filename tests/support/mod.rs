@@ -711,6 +711,45 @@ impl Drop for Agent {
 }
 
 /// `ca-agent status --json --config CFG`: exit code and the parsed status.
+/// The status entry of the certificate named `api` in the agent's status.
+pub fn api_status(cfg: &Path) -> serde_json::Value {
+    status(cfg).1["certs"]["api"].clone()
+}
+
+/// Polls the `api` certificate's status until `pred` holds, or panics after `limit`.
+pub fn wait_for_api(
+    cfg: &Path,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let st = api_status(cfg);
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {what}; status: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Initialises a CA with the example policy and no passphrase in the PostgreSQL database `url`.
+pub fn init_insecure_on_postgres(url: &str) -> TestCa {
+    let ca = TestCa::on_postgres(url);
+    ca.server(&[
+        "init",
+        "--policy",
+        s(&example_policy()),
+        "--insecure-no-passphrase",
+    ])
+    .expect_code(0);
+    ca
+}
+
 pub fn status(cfg: &Path) -> (Option<i32>, serde_json::Value) {
     let mut c = Command::new(agent_bin());
     c.args(["status", "--json", "--config", s(cfg)]);
