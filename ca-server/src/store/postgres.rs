@@ -26,6 +26,9 @@ const MIGRATIONS_TABLE_SQL: &str = "SELECT 1 WHERE to_regclass('_sqlx_migrations
 /// The channel revocations are announced on.
 const REVOCATION_CHANNEL: &str = "ca_revocation";
 const REVOKE_NOTIFY: Option<&str> = Some("SELECT pg_notify('ca_revocation', $1)");
+/// CRL generation signs inside its transaction: a large CRL takes seconds.
+const LONG_TRANSACTION: Option<&str> =
+    Some("SET LOCAL idle_in_transaction_session_timeout = '10min'");
 
 /// Pool settings, sized for small machines (`[database]` in the server config).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,7 +40,11 @@ pub struct PgSettings {
     pub acquire_timeout: HumanDuration,
     /// Server-side limit on one statement (`statement_timeout`).
     pub statement_timeout: HumanDuration,
-    /// Server-side limit on a transaction left idle (`idle_in_transaction_session_timeout`).
+    /// Server-side limit on a transaction left idle (`idle_in_transaction_session_timeout`): how
+    /// long a replica that stops mid-transaction (paused, swapped out, partitioned) can hold the
+    /// row locks every other replica's writes queue on. Short, since no transaction here waits on
+    /// anything but the database; CRL generation, which signs inside its transaction, raises it
+    /// for itself.
     pub idle_in_transaction_timeout: HumanDuration,
     /// Connections idle this long are closed.
     pub idle_timeout: HumanDuration,
@@ -49,7 +56,7 @@ impl Default for PgSettings {
             max_connections: 4,
             acquire_timeout: HumanDuration(time::Duration::seconds(3)),
             statement_timeout: HumanDuration(time::Duration::seconds(10)),
-            idle_in_transaction_timeout: HumanDuration(time::Duration::seconds(10)),
+            idle_in_transaction_timeout: HumanDuration(time::Duration::seconds(2)),
             idle_timeout: HumanDuration(time::Duration::minutes(5)),
         }
     }

@@ -3,8 +3,9 @@
 //! [`super::Store`] implementation once for each backend's concrete sqlx types. A backend module
 //! invoking it provides `MIGRATOR` (its embedded migrations), `MIGRATIONS_TABLE_SQL` (a query
 //! returning one row when sqlx's migration table exists), `REVOKE_NOTIFY` (an optional statement
-//! run inside every revocation's transaction with the serial as `$1`) and a `pool` field on the
-//! store; the tokens given to the macro are the backend's own trait methods.
+//! run inside every revocation's transaction with the serial as `$1`), `LONG_TRANSACTION` (an
+//! optional statement that lets the CRL transaction, which signs, outlive the idle timeout) and a
+//! `pool` field on the store; the tokens given to the macro are the backend's own trait methods.
 //!
 //! Rules the shared statements keep on both backends: no statement inside a batch is allowed to
 //! fail (PostgreSQL aborts the whole transaction on a failed statement), so conflicts are
@@ -692,6 +693,9 @@ macro_rules! sql_store {
                 sign: CrlSigner<'_>,
             ) -> Result<CrlRecord, StoreError> {
                 let mut tx = self.pool.begin().await?;
+                if let Some(setup) = LONG_TRANSACTION {
+                    sqlx::query(setup).execute(&mut *tx).await?;
+                }
                 let number: i64 = sqlx::query_scalar(
                     "INSERT INTO crl_numbers (issuer_id, last_number) VALUES ($1, 1) \
                      ON CONFLICT (issuer_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \

@@ -25,6 +25,8 @@ const MIGRATIONS_TABLE_SQL: &str =
     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
 /// One process owns a SQLite file: nothing to tell other servers.
 const REVOKE_NOTIFY: Option<&str> = None;
+/// No session timeouts to lift.
+const LONG_TRANSACTION: Option<&str> = None;
 
 /// A [`Store`] on a SQLite file.
 #[derive(Debug, Clone)]
