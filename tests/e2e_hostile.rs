@@ -31,7 +31,7 @@ const PASSPHRASE: &str = "hostile-suite passphrase 7f3c, long enough";
 const API_DEV: &str = "api.dev.svc.example.internal";
 const WEB_DEV: &str = "web.dev.svc.example.internal";
 const API_PROD: &str = "api.prod.svc.example.internal";
-/// The end of every private key PEM marker (`-----BEGIN EC PRIVATE KEY-----`, ...).
+/// The tail every private key PEM header ends with (`... PRIVATE KEY` and five dashes).
 const PRIVATE_KEY_PEM: &str = "PRIVATE KEY-----";
 
 // ---------------------------------------------------------------------------------------------
