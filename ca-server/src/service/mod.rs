@@ -635,7 +635,16 @@ impl Ca {
     /// certificate would not carry exactly is refused here (see [`crate::csr`]), so a refusal
     /// spends no token and no serial.
     pub fn prepare(&self, input: &IssueInput) -> Result<Prepared, ServiceError> {
-        let csr = validate_csr(&input.csr)?;
+        self.prepare_validated(input, validate_csr(&input.csr)?)
+    }
+
+    /// [`Ca::prepare`] for a caller that already screened `input.csr` into `csr` (its signature
+    /// is verified once per request, not twice).
+    pub(crate) fn prepare_validated(
+        &self,
+        input: &IssueInput,
+        csr: ValidatedCsr,
+    ) -> Result<Prepared, ServiceError> {
         csr.check_uris(&input.identity.spiffe_id(&self.settings.trust_domain))?;
         let (dns, ips) = csr.names_to_request(&input.dns, &input.ips)?;
         let decision = self.policy().decide(&IssueRequest {

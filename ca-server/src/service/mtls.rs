@@ -237,7 +237,7 @@ impl Ca {
                 via: IssuedVia::Renew,
                 actor: actor.clone(),
             };
-            let prepared = self.prepare(&issue)?;
+            let prepared = self.prepare_validated(&issue, csr)?;
             self.complete(&issue, prepared, None).await
         }
         .await;
