@@ -235,10 +235,10 @@ fn certified_key(cert: &ServerCert) -> Result<Arc<CertifiedKey>, ServeError> {
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
-/// HTTP settings of both listeners (HTTPS, and plain HTTP for CRLs and OCSP).
-/// How long a new connection may stay silent before its first request byte. hyper's header
-/// timeout only starts once the protocol (HTTP/1 or HTTP/2) is known, which takes the first bytes:
-/// without this a client could open connections, complete TLS and hold them forever.
+/// How long a new connection may stay silent before its first request byte, and how long a
+/// request head may take to arrive. hyper's header timeout only starts once the protocol (HTTP/1
+/// or HTTP/2) is known, which takes the first bytes: without [`FirstByteDeadline`] a client could
+/// open connections, complete TLS and hold them forever.
 const FIRST_BYTE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
 /// A connection that fails with `TimedOut` if its first byte has not arrived within
@@ -329,6 +329,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadli
     }
 }
 
+/// HTTP settings of both listeners (HTTPS, and plain HTTP for CRLs and OCSP).
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request headers must not hold a connection forever. Request
@@ -336,7 +337,7 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(StdDuration::from_secs(10))
+        .header_read_timeout(FIRST_BYTE_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD);
     builder
         .http2()
