@@ -242,7 +242,7 @@ pub struct Ca {
     options: CaOptions,
     revocation_epoch: std::sync::atomic::AtomicU64,
     ocsp_cache: Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
-    ocsp_issuers: Mutex<HashMap<String, crate::ocsp::IssuerHashes>>,
+    ocsp_issuers: Mutex<HashMap<String, Arc<crate::ocsp::IssuerHashes>>>,
     signers: Mutex<HashMap<String, Arc<Signer>>>,
     serials: commit::SerialPool,
     committer: commit::GroupCommitter,

@@ -199,12 +199,16 @@ impl Ca {
     }
 
     /// The OCSP issuer hashes of `env`'s intermediate, computed once.
-    fn issuer_hashes(&self, env: &str, signer: &Signer) -> Option<ocsp::IssuerHashes> {
+    fn issuer_hashes(
+        &self,
+        env: &str,
+        signer: &Signer,
+    ) -> Option<std::sync::Arc<ocsp::IssuerHashes>> {
         let mut cache = self.ocsp_issuers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = cache.get(env) {
             return Some(h.clone());
         }
-        let h = ocsp::IssuerHashes::of(signer.cert_der())?;
+        let h = std::sync::Arc::new(ocsp::IssuerHashes::of(signer.cert_der())?);
         cache.insert(env.to_string(), h.clone());
         Some(h)
     }
@@ -403,7 +407,11 @@ impl Ca {
             ocsp::ResponseStatus::InternalError
         };
         // All CertIDs of one request must name the same issuer: one signer signs the answer.
-        let mut issuer: Option<(String, std::sync::Arc<Signer>, ocsp::IssuerHashes)> = None;
+        let mut issuer: Option<(
+            String,
+            std::sync::Arc<Signer>,
+            std::sync::Arc<ocsp::IssuerHashes>,
+        )> = None;
         for env in self.policy().environments.keys() {
             let signer = self.signer(env).await.map_err(internal)?;
             let hashes = self.issuer_hashes(env, &signer);
