@@ -174,6 +174,24 @@ impl Run {
     }
 }
 
+/// A loopback port that was free a moment ago, for a peer that cannot bind port 0 and report
+/// the port it got. Picked at random below Linux's ephemeral range (32768 and up), where no
+/// outgoing connection or port-0 listener of a concurrent test can take it in the meantime.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u64 = 20_000;
+    const HIGH: u64 = 32_000;
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = u16::try_from(LOW + h.finish() % (HIGH - LOW)).expect("port range fits u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {HIGH}");
+}
+
 /// Runs `cmd` with a deadline, killing it if it overruns.
 pub fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
     cmd.stdin(Stdio::null())

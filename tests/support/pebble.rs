@@ -6,15 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::free_port;
 use super::{openssl, s};
 
-/// A free loopback port. Pebble cannot report the port it bound, so its ports are picked here.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+/// How many sets of ports pebble's first start tries before giving up.
+const PORT_ATTEMPTS: usize = 5;
 
 /// How to start pebble.
 #[derive(Debug, Clone)]
@@ -139,11 +135,12 @@ impl Pebble {
                 .spawn()
                 .expect("start pebble-challtestsrv (scripts/test.sh installs it)"),
         );
-        p.start_pebble();
+        p.start_pebble_on_free_ports();
         p
     }
 
-    fn start_pebble(&mut self) {
+    /// Starts pebble on its current ports; `Err(log)` when it exited before answering.
+    fn start_pebble(&mut self) -> Result<(), String> {
         let mut cfg = serde_json::json!({
             "listenAddress": format!("127.0.0.1:{}", self.port),
             "managementListenAddress": format!("127.0.0.1:{}", self.mgmt_port),
@@ -185,6 +182,13 @@ impl Pebble {
         );
         let start = Instant::now();
         while super::curl(&["--cacert", s(&self.tls_root), &self.directory()]).status != 200 {
+            let exited = self
+                .pebble
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return Err(self.log());
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "pebble did not start: {}",
@@ -192,6 +196,26 @@ impl Pebble {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
+    }
+
+    /// Starts pebble on fresh ports, picking others when one was taken between the pick and
+    /// pebble's bind (pebble cannot bind port 0 and report it).
+    fn start_pebble_on_free_ports(&mut self) {
+        for _ in 0..PORT_ATTEMPTS {
+            match self.start_pebble() {
+                Ok(()) => return,
+                Err(log) if log.contains("address already in use") => {
+                    self.port = free_port();
+                    self.mgmt_port = free_port();
+                }
+                Err(log) => panic!("pebble exited at start: {log}"),
+            }
+        }
+        panic!(
+            "pebble did not start: every one of {PORT_ATTEMPTS} port sets was taken: {}",
+            self.log()
+        );
     }
 
     /// Stops pebble (it forgets every account and makes a new root) and starts it again.
@@ -200,7 +224,10 @@ impl Pebble {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.start_pebble();
+        // The same ports: clients hold the directory URL. They were freed just now.
+        if let Err(log) = self.start_pebble() {
+            panic!("pebble exited at restart: {log}");
+        }
     }
 
     /// The ACME directory URL.
