@@ -777,25 +777,52 @@ impl Agent {
             if layout.current().is_none() {
                 continue;
             }
-            let path = format!("/v1/bundle?env={}", cert.env);
-            match p.anon.get(&path).await.and_then(|r| r.text(&path)) {
-                Ok(pem) => {
-                    if std::fs::read_to_string(layout.path("bundle.pem"))
-                        .ok()
-                        .as_deref()
-                        != Some(pem.as_str())
-                        && let Err(e) =
-                            replace_file(&layout.path("bundle.pem"), pem.as_bytes(), 0o644)
+            let serial = self
+                .board
+                .snapshot()
+                .certs
+                .get(&cert.name)
+                .and_then(|s| s.serial.clone());
+            // With the serial held, the answer says whether its issuer was superseded or
+            // revoked: then this certificate is renewed at once.
+            let path = match &serial {
+                Some(s) => format!("/v1/bundle?env={}&serial={s}", cert.env),
+                None => format!("/v1/bundle?env={}", cert.env),
+            };
+            match p.anon.get(&path).await {
+                Ok(reply) => {
+                    if let Some(why) = &reply.renew_now
+                        && (200..300).contains(&reply.status)
+                        && let Some(w) = wakers.get(&cert.name)
                     {
-                        tracing::warn!(cert = %cert.name, error = %e, "cannot write bundle.pem");
+                        tracing::warn!(cert = %cert.name, reason = %why, "the CA asks for a renewal now");
+                        w.notify_one();
+                    }
+                    match reply.text(&path) {
+                        Ok(pem) => {
+                            if std::fs::read_to_string(layout.path("bundle.pem"))
+                                .ok()
+                                .as_deref()
+                                != Some(pem.as_str())
+                                && let Err(e) =
+                                    replace_file(&layout.path("bundle.pem"), pem.as_bytes(), 0o644)
+                            {
+                                tracing::warn!(cert = %cert.name, error = %e, "cannot write bundle.pem");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(cert = %cert.name, error = %e, "trust bundle refresh failed")
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(cert = %cert.name, error = %e, "trust bundle refresh failed")
                 }
             }
-            let crl_path = format!("/crl/{}.crl", cert.env);
-            let der = match p.anon.get(&crl_path).await {
+            // The environment's CRLs: one per intermediate still answered for (two during a
+            // rotation), in PEM.
+            let crl_path = format!("/crl/{}.pem", cert.env);
+            let pem_text = match p.anon.get(&crl_path).await {
                 Ok(r) if r.status == 200 => r.body,
                 Ok(r) => {
                     tracing::warn!(cert = %cert.name, status = r.status, "CRL refresh failed");
@@ -806,26 +833,27 @@ impl Agent {
                     continue;
                 }
             };
-            if cert.crl {
-                let pem = ca_wire::client::pem_encode("X509 CRL", &der);
-                if let Err(e) = replace_file(&layout.path("crl.pem"), pem.as_bytes(), 0o644) {
-                    tracing::warn!(cert = %cert.name, error = %e, "cannot write crl.pem");
-                }
+            let crls = ca_wire::client::crls_from_pem(&pem_text);
+            if crls.is_empty() {
+                tracing::warn!(cert = %cert.name, "CRL refresh: the answer holds no CRL");
+                continue;
             }
-            let serial = self
-                .board
-                .snapshot()
-                .certs
-                .get(&cert.name)
-                .and_then(|s| s.serial.clone());
-            if let (Some(serial), Ok((_, crl))) = (serial, x509_parser::parse_x509_crl(&der)) {
-                let listed = crl
-                    .iter_revoked_certificates()
-                    .any(|r| crate::validate::serial_hex(r.raw_serial()) == serial);
-                if listed && let Some(w) = wakers.get(&cert.name) {
-                    tracing::warn!(cert = %cert.name, %serial, "certificate is on the CRL");
-                    w.notify_one();
-                }
+            if cert.crl
+                && let Err(e) = replace_file(&layout.path("crl.pem"), &pem_text, 0o644)
+            {
+                tracing::warn!(cert = %cert.name, error = %e, "cannot write crl.pem");
+            }
+            let listed = serial.as_ref().is_some_and(|serial| {
+                crls.iter().any(|der| {
+                    x509_parser::parse_x509_crl(der).is_ok_and(|(_, crl)| {
+                        crl.iter_revoked_certificates()
+                            .any(|r| crate::validate::serial_hex(r.raw_serial()) == *serial)
+                    })
+                })
+            });
+            if listed && let Some(w) = wakers.get(&cert.name) {
+                tracing::warn!(cert = %cert.name, serial = ?serial, "certificate is on the CRL");
+                w.notify_one();
             }
         }
     }

@@ -154,14 +154,15 @@ fn status(a: &StatusArgs) -> Result<ExitCode, AgentError> {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
     } else {
         println!(
-            "{:<12} {:<14} {:<10} {:<40} {:<21} {:<21} ERROR",
-            "NAME", "ISSUER", "HEALTH", "SERIAL", "NOT AFTER", "NEXT"
+            "{:<12} {:<14} {:<40} {:<10} {:<40} {:<21} {:<21} ERROR",
+            "NAME", "ISSUER", "ISSUED BY", "HEALTH", "SERIAL", "NOT AFTER", "NEXT"
         );
         for c in st.certs.values() {
             println!(
-                "{:<12} {:<14} {:<10} {:<40} {:<21} {:<21} {}",
+                "{:<12} {:<14} {:<40} {:<10} {:<40} {:<21} {:<21} {}",
                 c.name,
                 if c.issuer.is_empty() { "-" } else { &c.issuer },
+                c.issued_by.as_deref().unwrap_or("-"),
                 format!("{:?}", c.health).to_lowercase(),
                 c.serial.as_deref().unwrap_or("-"),
                 fmt_time(c.not_after),

@@ -196,6 +196,17 @@ pub struct IntermediateSpec<'a> {
     pub not_before: OffsetDateTime,
     /// Desired end of validity (capped by the root's).
     pub not_after: OffsetDateTime,
+    /// Generation (1 at init); later ones carry it in their name, so no two share a name.
+    pub generation: i64,
+}
+
+/// The common name of an intermediate, with its generation from the second on.
+fn generation_name(base: String, generation: i64) -> String {
+    if generation > 1 {
+        format!("{base} G{generation}")
+    } else {
+        base
+    }
 }
 
 /// Everything needed to sign a leaf.
@@ -278,8 +289,11 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     )
 }
 
-/// Creates a self-signed root: CA:TRUE pathlen 1, keyCertSign + cRLSign.
-pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, AuthorityError> {
+/// A root's parameters. Every generation of the root has the same name: the certificates that
+/// link one root to the next are then self-issued, so they do not count against the path
+/// length of the root that signed them (RFC 5280 4.2.1.9), and chain builders tell the roots
+/// apart by key identifier.
+fn root_params(spec: &RootSpec<'_>) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = ca_name(
         spec.trust_domain,
@@ -291,9 +305,38 @@ pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, Authority
     p.not_after = spec.not_after;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p
+}
+
+/// Creates a self-signed root: CA:TRUE pathlen 1, keyCertSign + cRLSign.
+pub fn create_root(spec: &RootSpec<'_>, key: &CaKey) -> Result<Issued, AuthorityError> {
+    let p = root_params(spec);
     let cert = p.self_signed(key.key_pair())?;
     let out = issued(cert.der().to_vec())?;
     verify_chain(&out.der, &out.der)?;
+    Ok(out)
+}
+
+/// Certifies another root's key (`spki_der`) under `issuer`, the link that lets a trust store
+/// holding either root validate chains of the other during a root rotation. Its validity is
+/// capped by the issuer's.
+pub fn cross_certify_root(
+    spec: &RootSpec<'_>,
+    spki_der: &[u8],
+    issuer: &Signer,
+) -> Result<Issued, AuthorityError> {
+    let mut p = root_params(spec);
+    p.not_after = spec.not_after.min(issuer.not_after());
+    if p.not_after <= p.not_before {
+        return Err(AuthorityError::Issuer(
+            "the signing root expires before the cross-certificate would start".into(),
+        ));
+    }
+    p.use_authority_key_identifier_extension = true;
+    let public_key = RcgenSpki::from_der(spki_der)?;
+    let cert = p.signed_by(&public_key, &issuer.rcgen_issuer()?)?;
+    let out = issued(cert.der().to_vec())?;
+    verify_chain(&out.der, issuer.cert_der())?;
     Ok(out)
 }
 
@@ -345,7 +388,10 @@ pub fn create_intermediate(
         root,
         ca_name(
             spec.trust_domain,
-            format!("{} {} Intermediate CA", spec.trust_domain, spec.env),
+            generation_name(
+                format!("{} {} Intermediate CA", spec.trust_domain, spec.env),
+                spec.generation,
+            ),
             Some(spec.env),
         ),
         spec.serial,
@@ -387,6 +433,8 @@ pub struct TlsIntermediateSpec<'a> {
     pub not_before: OffsetDateTime,
     /// Desired end of validity (capped by the root's).
     pub not_after: OffsetDateTime,
+    /// Generation (1 at init).
+    pub generation: i64,
 }
 
 /// Creates the intermediate for the CA server's own HTTPS certificate: pathlen 0, EKU serverAuth
@@ -401,7 +449,10 @@ pub fn create_tls_intermediate(
         root,
         ca_name(
             spec.trust_domain,
-            format!("{} CA Server Intermediate", spec.trust_domain),
+            generation_name(
+                format!("{} CA Server Intermediate", spec.trust_domain),
+                spec.generation,
+            ),
             None,
         ),
         spec.serial,
@@ -626,6 +677,7 @@ pub(crate) mod tests {
                     serial: &serial(n),
                     not_before: now - Duration::minutes(1),
                     not_after: now + Duration::days(365),
+                    generation: 1,
                 },
                 &key,
                 &root,

@@ -154,6 +154,7 @@ async fn secret_holding_types_never_print_their_secrets() {
         .expect("server certificate");
     assert_redacted("ServerCert", &issued, &issued.key_pkcs8);
     let recognisable = ServerCert {
+        issuer_id: "_tls".into(),
         chain_der: vec![b"leaf".to_vec()],
         key_pkcs8: Zeroizing::new(b"the server's TLS key, PKCS#8".to_vec()),
         not_before: 0,

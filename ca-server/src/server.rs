@@ -65,6 +65,12 @@ pub struct ServeConfig {
     /// How long a server's claim on a scheduled job's period holds before another server may
     /// take the period over (longer than a run takes).
     pub job_lease: HumanDuration,
+    /// Rotate an environment's intermediate when its newest generation expires within this
+    /// (e.g. "60d"); done by the scheduled job, once across servers. Unset: only by hand.
+    pub auto_rotate_before: Option<HumanDuration>,
+    /// How long a new intermediate is published in the bundles before it issues, so that every
+    /// peer has fetched it first (longer than the agents' `bundle_refresh`).
+    pub rotation_delay: HumanDuration,
     /// The policy file this server serves (from the command line; not a config key).
     #[serde(skip)]
     pub policy_file: Option<std::path::PathBuf>,
@@ -89,6 +95,8 @@ impl Default for ServeConfig {
             database_url: None,
             database: crate::store::PgSettings::default(),
             job_lease: HumanDuration(Duration::seconds(60)),
+            auto_rotate_before: None,
+            rotation_delay: HumanDuration(Duration::hours(2)),
             policy_file: None,
         }
     }
@@ -152,6 +160,16 @@ impl ServeConfig {
         }
         if self.job_lease.0 < Duration::seconds(5) {
             return Err("job_lease: must be at least 5s".into());
+        }
+        if self.rotation_delay.0.is_negative() {
+            return Err("rotation_delay: must not be negative".into());
+        }
+        if self
+            .auto_rotate_before
+            .as_ref()
+            .is_some_and(|d| d.0 <= Duration::ZERO)
+        {
+            return Err("auto_rotate_before: must be positive (e.g. \"60d\")".into());
         }
         if let Some(url) = &self.database_url
             && !crate::store::is_postgres_url(url)
@@ -361,10 +379,7 @@ async fn tls_config(
     // anchors, so a client that sends only its leaf still verifies. The TLS intermediate is not an
     // anchor: its leaves are server certificates and never clients.
     let mut roots = RootCertStore::empty();
-    for a in ca.store().authorities().await.map_err(ServiceError::from)? {
-        if a.kind == AuthorityKind::Tls {
-            continue;
-        }
+    for a in ca.client_anchors() {
         let der = pem_to_der(&a.cert_pem)?;
         roots
             .add(CertificateDer::from(der))
@@ -408,35 +423,18 @@ pub async fn serve(
         .then(|| spawn_policy_follower(ca.clone(), policy_file));
     let ttl = cfg.server_cert_ttl.0;
     let first = ca.issue_server_cert(&cfg.server_names, ttl).await?;
-    let mut next_renewal = renew_in(first.not_before, first.not_after, ca.now_unix());
     let resolver = Arc::new(RotatingCert(RwLock::new(certified_key(&first)?)));
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&ca, resolver.clone()).await?));
-
-    let rotation = {
-        let ca = ca.clone();
-        let names = cfg.server_names.clone();
-        let resolver = resolver.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(StdDuration::from_secs(next_renewal)).await;
-                match ca.issue_server_cert(&names, ttl).await.and_then(|c| {
-                    certified_key(&c)
-                        .map(|k| (c, k))
-                        .map_err(|e| ServiceError::Invalid(e.to_string()))
-                }) {
-                    Ok((cert, key)) => {
-                        *resolver.0.write().unwrap_or_else(|e| e.into_inner()) = key;
-                        tracing::info!(serial = %cert.serial, "server certificate rotated");
-                        next_renewal = renew_in(cert.not_before, cert.not_after, ca.now_unix());
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "server certificate rotation failed; retrying in 30s");
-                        next_renewal = 30;
-                    }
-                }
-            }
-        })
-    };
+    let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(Arc::new(
+        tls_config(&ca, resolver.clone()).await?,
+    ))));
+    let rotation = spawn_authority_follower(
+        ca.clone(),
+        cfg.server_names.clone(),
+        ttl,
+        first,
+        resolver.clone(),
+        acceptor.clone(),
+    );
 
     if let Err(e) = ca.audit_checkpoint().await {
         tracing::warn!(error = %e, "no audit checkpoint at start-up");
@@ -446,7 +444,14 @@ pub async fn serve(
             tracing::warn!(%issuer, error = %e, "no fresh CRL at start-up");
         }
     }
-    let mut scheduler = start_scheduler(ca.clone(), &cfg.crl_refresh, cfg.job_lease.0).await?;
+    let mut scheduler = start_scheduler(
+        ca.clone(),
+        &cfg.crl_refresh,
+        cfg.job_lease.0,
+        cfg.auto_rotate_before.as_ref().map(|d| d.0),
+        cfg.rotation_delay.0,
+    )
+    .await?;
 
     let http_task = match cfg.http_listen {
         Some(addr) => {
@@ -529,7 +534,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -591,6 +596,73 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often a server re-reads the authorities (a rotation made by the CLI or another server).
+const AUTHORITY_REFRESH: StdDuration = StdDuration::from_secs(2);
+
+/// Keeps the server's TLS side in step with the authorities: renews its own certificate at two
+/// thirds of its life or as soon as another TLS intermediate takes over (a root rotation), and
+/// rebuilds the client-certificate trust anchors when an intermediate or root is added, retired
+/// or revoked.
+fn spawn_authority_follower(
+    ca: Arc<Ca>,
+    names: Vec<String>,
+    ttl: Duration,
+    first: ServerCert,
+    resolver: Arc<RotatingCert>,
+    acceptor: Arc<RwLock<TlsAcceptor>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut anchors = ca.client_anchor_ids();
+        let mut cert_issuer = first.issuer_id.clone();
+        let mut renew_at = ca.now_unix()
+            + i64::try_from(renew_in(first.not_before, first.not_after, ca.now_unix()))
+                .unwrap_or(i64::MAX / 2);
+        drop(first);
+        loop {
+            tokio::time::sleep(AUTHORITY_REFRESH).await;
+            if let Err(e) = ca.refresh_authorities().await {
+                tracing::warn!(error = %e, "cannot re-read the authorities");
+            }
+            let now_anchors = ca.client_anchor_ids();
+            if now_anchors != anchors {
+                match tls_config(&ca, resolver.clone()).await {
+                    Ok(cfg) => {
+                        *acceptor.write().unwrap_or_else(|e| e.into_inner()) =
+                            TlsAcceptor::from(Arc::new(cfg));
+                        tracing::info!(anchors = ?now_anchors, "client certificate trust anchors updated");
+                        anchors = now_anchors;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot rebuild the TLS configuration"),
+                }
+            }
+            let issuer_moved = ca
+                .active_authority_id(AuthorityKind::Tls)
+                .is_some_and(|id| id != cert_issuer);
+            if ca.now_unix() < renew_at && !issuer_moved {
+                continue;
+            }
+            match ca.issue_server_cert(&names, ttl).await.and_then(|c| {
+                certified_key(&c)
+                    .map(|k| (c, k))
+                    .map_err(|e| ServiceError::Invalid(e.to_string()))
+            }) {
+                Ok((cert, key)) => {
+                    *resolver.0.write().unwrap_or_else(|e| e.into_inner()) = key;
+                    tracing::info!(serial = %cert.serial, issuer = %cert.issuer_id, "server certificate rotated");
+                    renew_at = ca.now_unix()
+                        + i64::try_from(renew_in(cert.not_before, cert.not_after, ca.now_unix()))
+                            .unwrap_or(i64::MAX / 2);
+                    cert_issuer = cert.issuer_id;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "server certificate rotation failed; retrying in 30s");
+                    renew_at = ca.now_unix() + 30;
+                }
+            }
+        }
+    })
+}
+
 /// Servers sharing a database check every few seconds that they serve the published policy,
 /// switch to it when their file matches it, and complain loudly (log and the
 /// `ca_policy_mismatch` gauge) when it does not.
@@ -636,6 +708,8 @@ async fn start_scheduler(
     ca: Arc<Ca>,
     cron: &str,
     lease: Duration,
+    auto_rotate_before: Option<Duration>,
+    rotation_delay: Duration,
 ) -> Result<tokio_cron_scheduler::JobScheduler, ServeError> {
     use tokio_cron_scheduler::{Job, JobScheduler};
     let sched_err =
@@ -669,6 +743,14 @@ async fn start_scheduler(
                     return;
                 }
             };
+            match ca.rotation_upkeep(auto_rotate_before, rotation_delay).await {
+                Ok((retired, created)) => {
+                    if !retired.is_empty() || !created.is_empty() {
+                        tracing::info!(?retired, ?created, "scheduled CA rotation upkeep");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduled CA rotation upkeep failed"),
+            }
             let results = ca.refresh_crls().await;
             let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
             tracing::info!(

@@ -110,6 +110,15 @@ pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Client
     Ok(certs)
 }
 
+/// The DER of every `X509 CRL` block of `pem` (damaged blocks are skipped).
+pub fn crls_from_pem(pem: &[u8]) -> Vec<Vec<u8>> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    CertificateRevocationListDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
 /// SHA-256 of DER, lowercase hex.
 pub fn sha256_hex(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
@@ -139,6 +148,10 @@ pub fn normalize_fingerprint(text: &str) -> Result<String, ClientError> {
     Ok(hexed)
 }
 
+/// The header of a bundle answer telling the holder of the certificate named in the request to
+/// renew at once.
+pub const RENEW_NOW_HEADER: &str = "ca-renew-now";
+
 /// An HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -146,6 +159,9 @@ pub struct Reply {
     pub status: u16,
     /// Content-Type header.
     pub content_type: String,
+    /// The `ca-renew-now` header of a bundle answer: why the caller's certificate should be
+    /// renewed at once (its issuer was superseded or revoked).
+    pub renew_now: Option<String>,
     /// Body.
     pub body: Vec<u8>,
 }
@@ -302,6 +318,11 @@ impl ApiClient {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
+            let renew_now = resp
+                .headers()
+                .get(RENEW_NOW_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);
             let body = limited
                 .collect()
@@ -315,6 +336,7 @@ impl ApiClient {
             Ok(Reply {
                 status,
                 content_type,
+                renew_now,
                 body,
             })
         };
@@ -515,6 +537,7 @@ mod tests {
         let reply = Reply {
             status: 401,
             content_type: "application/problem+json".into(),
+            renew_now: None,
             body: serde_json::to_vec(&p).expect("json"),
         };
         match reply.json::<serde_json::Value>("u") {

@@ -195,7 +195,20 @@ async fn crl(
         (_, Some(n)) => (n, true),
         _ => return Err(ApiError::not_found()),
     };
-    if name != crate::service::ROOT_ID && !st.ca.policy().environments.contains_key(name) {
+    if pem && st.ca.policy().environments.contains_key(name) {
+        // An environment's CRLs, one per unretired intermediate (during a rotation, two).
+        let mut out = String::new();
+        for c in st.ca.environment_crls(name).await? {
+            out.push_str(&crate::authority::pem_encode("X509 CRL", &c.der));
+        }
+        let mut resp = out.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-pem-file"),
+        );
+        return Ok(resp);
+    }
+    if !st.ca.publishes_crl(name) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -382,6 +395,8 @@ async fn roots(State(st): State<AppState>) -> Result<Response, ApiError> {
 #[serde(deny_unknown_fields)]
 struct BundleQuery {
     env: String,
+    /// The caller's current certificate: the answer says whether it should be renewed now.
+    serial: Option<String>,
 }
 
 async fn bundle(
@@ -389,7 +404,23 @@ async fn bundle(
     q: Result<Query<BundleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    Ok(pem_response(st.ca.bundle(&q.env).await?))
+    let mut resp = pem_response(st.ca.bundle(&q.env).await?);
+    if let Some(serial) = &q.serial {
+        let serial: crate::pki::Serial = serial.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "serial: expected hexadecimal".to_string(),
+            )
+        })?;
+        if let Some(hint) = st.ca.renew_hint(&serial).await? {
+            resp.headers_mut().insert(
+                ca_wire::client::RENEW_NOW_HEADER,
+                HeaderValue::from_static(hint.as_str()),
+            );
+        }
+    }
+    Ok(resp)
 }
 
 /// The trust domain and each environment's DNS suffixes, so agents know which names only this

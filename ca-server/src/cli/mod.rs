@@ -20,6 +20,7 @@ use crate::store::{PgSettings, PgStore, SqliteStore, Store};
 
 mod audit;
 mod backup;
+mod ca;
 mod certs;
 mod init;
 mod migrate;
@@ -30,6 +31,7 @@ mod tokens;
 
 use audit::{AuditArgs, audit};
 use backup::{BackupArgs, RestoreArgs, backup, restore};
+use ca::{CaCommand, ca_list, ca_rotate};
 use certs::{BundleArgs, CertsCommand, IssueArgs, bundle, certs_list, certs_show, issue};
 use init::{InitArgs, init};
 use migrate::{MigrateArgs, migrate};
@@ -98,6 +100,9 @@ enum Command {
     Revoke(RevokeArgs),
     /// Issue a CRL now and write it to a file.
     Crl(CrlArgs),
+    /// Rotate CA certificates (intermediates, the root) and list their states.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Write a consistent snapshot of a SQLite CA while it serves (PostgreSQL: use pg_dump).
     Backup(BackupArgs),
     /// Put a backup into service; CRL numbers continue above every number published before.
@@ -209,6 +214,8 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Token(TokenCommand::Revoke(a)) => token_revoke(&cli, a).await,
         Command::Revoke(a) => revoke(&cli, a).await,
         Command::Crl(a) => crl(&cli, a).await,
+        Command::Ca(CaCommand::Rotate(a)) => ca_rotate(&cli, a).await,
+        Command::Ca(CaCommand::List(a)) => ca_list(&cli, a).await,
         Command::Backup(a) => backup(&cli, a).await,
         Command::Restore(a) => restore(&cli, a).await,
     }

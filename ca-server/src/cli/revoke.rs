@@ -13,7 +13,7 @@ use crate::pki::{Identity, RevocationReason, Serial};
 use crate::service::{self, RevokeInput, RevokeTarget};
 use crate::store::CertificateRecord;
 
-use super::{Cli, CliError, CliResult, actor, io_err, open_ca, read_passphrase, rfc3339};
+use super::{Cli, CliError, CliResult, actor, io_err, open_ca, rfc3339};
 
 #[derive(Debug, Args)]
 pub(super) struct RevokeArgs {
@@ -244,30 +244,17 @@ pub(super) async fn crl(cli: &Cli, a: &CrlArgs) -> CliResult<()> {
     let ca = open_ca(cli).await?;
     let record = match (&a.env, a.root, &a.root_key) {
         (Some(env), _, _) => ca.build_crl(env).await?,
-        (None, true, None) => ca.build_crl(service::ROOT_ID).await?,
+        (None, true, None) => ca.build_crl(&super::ca::active_root_id(&ca)).await?,
         (None, true, Some(path)) => {
-            let text = Zeroizing::new(
-                fs::read_to_string(path).map_err(|e| io_err("cannot read root key", path, e))?,
-            );
-            let stored = text
-                .lines()
-                .find(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .ok_or_else(|| {
-                    CliError::new(
-                        ErrorKind::BadRequest,
-                        format!("{} holds no key", path.display()),
-                    )
-                })?;
-            let pass = read_passphrase(cli)?;
-            let pkcs8 = crate::sealed::open(service::ROOT_ID, stored, pass.as_ref())?;
-            let key = crate::authority::CaKey::from_pkcs8(&pkcs8)?;
+            let root_id = super::ca::active_root_id(&ca);
+            let key = super::ca::read_root_key(cli, path, &root_id)?;
             let root = ca
                 .store()
-                .authority(service::ROOT_ID)
+                .authority(&root_id)
                 .await?
                 .ok_or_else(|| CliError::new(ErrorKind::NotFound, "no root in this CA"))?;
             let signer = crate::authority::Signer::new(service::pem_to_der(&root.cert_pem)?, key)?;
-            ca.build_crl_with(service::ROOT_ID, &signer).await?
+            ca.build_crl_with(&root_id, &signer).await?
         }
         _ => {
             return Err(CliError::new(

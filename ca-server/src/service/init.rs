@@ -99,13 +99,13 @@ impl std::fmt::Debug for BuiltCa {
     }
 }
 
-fn subject_of(der: &[u8]) -> String {
+pub(super) fn subject_of(der: &[u8]) -> String {
     X509Certificate::from_der(der)
         .map(|(_, c)| c.subject().to_string())
         .unwrap_or_default()
 }
 
-fn authority_record(
+pub(super) fn authority_record(
     id: &str,
     kind: AuthorityKind,
     parent: Option<&str>,
@@ -127,6 +127,11 @@ fn authority_record(
         not_before: issued.not_before.unix_timestamp(),
         not_after: issued.not_after.unix_timestamp(),
         created_at: now,
+        generation: 1,
+        activates_at: None,
+        retired_at: None,
+        revoked_at: None,
+        revocation_reason: None,
     }
 }
 
@@ -203,6 +208,7 @@ pub fn build_ca(
                 serial: &serial,
                 not_before,
                 not_after: now + lifetimes.intermediate,
+                generation: 1,
             },
             &key,
             &root,
@@ -228,6 +234,7 @@ pub fn build_ca(
             serial: &tls_serial,
             not_before,
             not_after: now + lifetimes.intermediate,
+            generation: 1,
         },
         &tls_key,
         &root,

@@ -10,12 +10,14 @@ mod commit;
 mod init;
 mod mtls;
 mod revocation;
+mod rotation;
 mod tokens;
 
 pub use audit::AuditReport;
 pub use init::{BuiltCa, CaLifetimes, DEFAULT_SERVER_NAMES, build_ca, split_server_names};
 pub use mtls::{EnrollInput, RenewInput, ServerCert};
 pub use revocation::{RevokeInput, RevokeTarget};
+pub use rotation::{IssuerInfo, IssuerState, RenewHint, RotateInput, RotateOutput, RotateTarget};
 pub use tokens::{CreatedToken, TokenInput, parse_token};
 
 use std::collections::HashMap;
@@ -244,9 +246,9 @@ pub struct Ca {
     ocsp_cache: Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
     ocsp_issuers: Mutex<HashMap<String, Arc<crate::ocsp::IssuerHashes>>>,
     signers: Mutex<HashMap<String, Arc<Signer>>>,
+    authorities: std::sync::RwLock<Arc<rotation::Authorities>>,
     serials: commit::SerialPool,
     committer: commit::GroupCommitter,
-    root_pem: tokio::sync::OnceCell<String>,
     replica: String,
     audit_secret: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
 }
@@ -307,9 +309,12 @@ impl Ca {
             ocsp_cache: Mutex::new(HashMap::new()),
             ocsp_issuers: Mutex::new(HashMap::new()),
             signers: Mutex::new(HashMap::new()),
+            authorities: std::sync::RwLock::new(Arc::new(rotation::Authorities {
+                all: store.authorities().await?,
+                cross: store.cross_certificates().await?,
+            })),
             serials: commit::SerialPool::new(commit::SERIAL_BLOCK),
             committer: commit::GroupCommitter::spawn(store.clone()),
-            root_pem: tokio::sync::OnceCell::new(),
             replica: replica_name(),
             audit_secret: tokio::sync::OnceCell::new(),
             store,
@@ -346,12 +351,22 @@ impl Ca {
                 policy: policy.trust_domain,
             });
         }
-        for env in policy.environments.keys() {
-            self.authority(env).await?;
-        }
+        self.refresh_authorities().await?;
+        self.check_issuers(&policy)?;
         let sha256 = policy.sha256.clone();
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         Ok(sha256)
+    }
+
+    /// Every environment of `policy` has an intermediate that issues now.
+    fn check_issuers(&self, policy: &Policy) -> Result<(), ServiceError> {
+        let auth = self.authorities();
+        let now = self.now_unix();
+        for env in policy.environments.keys() {
+            auth.active(crate::store::AuthorityKind::Intermediate, env, now)
+                .ok_or_else(|| ServiceError::NoIssuer(env.clone()))?;
+        }
+        Ok(())
     }
 
     /// Records `sha256` in the store as the policy every server must serve, audited.
@@ -378,9 +393,7 @@ impl Ca {
     /// Makes the policy in force the one every server must serve (`ca-server policy publish`).
     pub async fn publish_policy(&self, actor: &str) -> Result<String, ServiceError> {
         let policy = self.policy();
-        for env in policy.environments.keys() {
-            self.authority(env).await?;
-        }
+        self.check_issuers(&policy)?;
         self.publish_policy_hash(&policy.sha256, actor, "policy-publish")
             .await?;
         Ok(policy.sha256.clone())
@@ -514,7 +527,7 @@ impl Ca {
         })
     }
 
-    /// The signer of authority `id` (an environment, or [`TLS_ID`]), opened once and cached.
+    /// The signer of authority `id`, opened once and cached.
     pub async fn signer(&self, id: &str) -> Result<Arc<Signer>, ServiceError> {
         if let Some(s) = self
             .signers
@@ -543,31 +556,48 @@ impl Ca {
     /// Opens every signer the policy needs (all environments and the TLS issuer), so a wrong
     /// passphrase or a missing intermediate fails at start-up rather than on the first request.
     pub async fn load_signers(&self) -> Result<(), ServiceError> {
+        self.refresh_authorities().await?;
         for env in self.policy().environments.keys() {
-            self.signer(env).await?;
+            self.issuer(env).await?;
         }
-        self.signer(TLS_ID).await?;
+        self.active_signer(crate::store::AuthorityKind::Tls, TLS_ID)
+            .await?;
         Ok(())
     }
 
-    /// PEM of the root certificate (read once: the root does not change while serving).
+    /// PEM of the roots in the bundles (one; two during a root rotation's overlap).
     pub async fn root_pem(&self) -> Result<String, ServiceError> {
-        self.root_pem
-            .get_or_try_init(|| async { Ok(self.authority(ROOT_ID).await?.cert_pem) })
-            .await
-            .cloned()
+        let auth = self.authorities();
+        let roots: String = auth
+            .published_roots(self.now_unix())
+            .iter()
+            .map(|r| r.cert_pem.as_str())
+            .collect();
+        if roots.is_empty() {
+            return Err(ServiceError::NotInitialized);
+        }
+        Ok(roots)
     }
 
-    /// Trust bundle for `env`: the root, then the environment's intermediate.
+    /// Trust bundle for `env`: the published roots, then the environment's published
+    /// intermediates (the active one, and during a rotation the next or the retiring one).
     pub async fn bundle(&self, env: &str) -> Result<String, ServiceError> {
         if !self.policy().environments.contains_key(env) {
             return Err(ServiceError::NotFound(format!(
                 "unknown environment {env:?}"
             )));
         }
-        let root = self.authority(ROOT_ID).await?;
-        let int = self.authority(env).await?;
-        Ok(format!("{}{}", root.cert_pem, int.cert_pem))
+        let auth = self.authorities();
+        let now = self.now_unix();
+        let mut out = self.root_pem().await?;
+        let ints = auth.published_intermediates(env, now);
+        if ints.is_empty() {
+            return Err(ServiceError::NoIssuer(env.to_string()));
+        }
+        for i in ints {
+            out.push_str(&i.cert_pem);
+        }
+        Ok(out)
     }
 
     pub(crate) async fn audit(&self, entry: AuditEntry) {
@@ -674,13 +704,13 @@ impl Ca {
     ) -> Result<IssueOutput, ServiceError> {
         let Prepared { csr, decision } = prepared;
         let env = &input.identity.env;
-        let signer = self.signer(env).await?;
+        let (issuer, signer) = self.issuer(env).await?;
         let now = self.now();
         let serial = self.reserve_serial(now).await?;
         let urls = self.options.public_url.as_ref().map(|base| {
             let base = base.trim_end_matches('/');
             DistributionUrls {
-                crl: format!("{base}/crl/{env}.crl"),
+                crl: format!("{base}/crl/{}.crl", issuer.id),
                 ocsp: format!("{base}/ocsp"),
             }
         });
@@ -702,7 +732,7 @@ impl Ca {
 
         let record = CertificateRecord {
             serial: serial.to_hex(),
-            issuer_id: env.clone(),
+            issuer_id: issuer.id.clone(),
             env: env.clone(),
             service: input.identity.service.clone(),
             spiffe_id: decision.spiffe_id.clone(),
@@ -750,11 +780,9 @@ impl Ca {
             Err(e) => return Err(e.into()),
         };
 
-        let intermediate_pem = signer.cert_pem();
-        let root_pem = self.root_pem().await?;
         Ok(IssueOutput {
-            chain_pem: format!("{}{intermediate_pem}", issued.pem),
-            bundle_pem: format!("{root_pem}{intermediate_pem}"),
+            chain_pem: format!("{}{}", issued.pem, self.chain_tail(&issuer)),
+            bundle_pem: self.bundle(env).await?,
             cert_pem: issued.pem,
             record,
         })

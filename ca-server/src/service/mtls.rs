@@ -54,7 +54,9 @@ pub struct RenewInput {
 
 /// The CA server's HTTPS certificate with its key.
 pub struct ServerCert {
-    /// Leaf, then the TLS intermediate (DER).
+    /// The TLS intermediate that signed it.
+    pub issuer_id: String,
+    /// Leaf, the TLS intermediate, and during a root rotation the link to the other root (DER).
     pub chain_der: Vec<Vec<u8>>,
     /// PKCS#8 key, zeroized on drop.
     pub key_pkcs8: Zeroizing<Vec<u8>>,
@@ -273,7 +275,9 @@ impl Ca {
                 )));
             }
         }
-        let signer = self.signer(TLS_ID).await?;
+        let (issuer, signer) = self
+            .active_signer(crate::store::AuthorityKind::Tls, TLS_ID)
+            .await?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map(Zeroizing::new)
             .map_err(|e| ServiceError::Authority(e.into()))?;
@@ -297,7 +301,7 @@ impl Ca {
         )?;
         let record = CertificateRecord {
             serial: serial.to_hex(),
-            issuer_id: TLS_ID.into(),
+            issuer_id: issuer.id.clone(),
             env: TLS_ID.into(),
             service: "ca-server".into(),
             spiffe_id: String::new(),
@@ -327,8 +331,21 @@ impl Ca {
             reason: Some(names.join(",")),
         };
         self.store().insert_certificate(&record, &audit).await?;
+        let mut chain_der = vec![issued.der, signer.cert_der().to_vec()];
+        for block in pem::parse_many(self.chain_tail(&issuer))
+            .map_err(|_| {
+                ServiceError::Store(crate::store::StoreError::Corrupt(
+                    "stored cross-certificate is not PEM".into(),
+                ))
+            })?
+            .into_iter()
+            .skip(1)
+        {
+            chain_der.push(block.into_contents());
+        }
         Ok(ServerCert {
-            chain_der: vec![issued.der, signer.cert_der().to_vec()],
+            issuer_id: issuer.id,
+            chain_der,
             key_pkcs8: Zeroizing::new(key.serialize_der()),
             not_before: record.not_before,
             not_after: record.not_after,

@@ -8,13 +8,13 @@ use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, Ser
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use super::{Ca, ROOT_ID, ServiceError};
+use super::{Ca, ServiceError};
 use crate::authority::Signer;
 use crate::ocsp;
 use crate::pki::{Identity, RevocationReason, Serial};
 use crate::store::{
-    AuditEntry, AuditResult, CertStatus, CertificateFilter, CertificateRecord, CrlDraft, CrlRecord,
-    RevokedEntry,
+    AuditEntry, AuditResult, AuthorityKind, CertStatus, CertificateFilter, CertificateRecord,
+    CrlDraft, CrlRecord, RevokedEntry,
 };
 
 /// What to revoke.
@@ -54,7 +54,7 @@ const OCSP_CACHE_MAX: usize = 10_000;
 /// empties the cache at once).
 const OCSP_CACHE_SECS: i64 = 1;
 
-fn to_datetime(unix: i64) -> OffsetDateTime {
+pub(super) fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -142,7 +142,11 @@ impl Ca {
         self.revocation_epoch.fetch_add(1, Ordering::SeqCst);
         // Only environment intermediates publish CRLs (the server's own certificates are
         // refused through the store like any other).
-        issuers.retain(|i| self.policy().environments.contains_key(i));
+        let auth = self.authorities();
+        issuers.retain(|i| {
+            auth.get(i)
+                .is_some_and(|a| a.kind == crate::store::AuthorityKind::Intermediate)
+        });
         for issuer in issuers {
             // The revocation itself is committed; a CRL that cannot be signed now is retried by
             // the scheduler, and OCSP already answers from the store.
@@ -198,18 +202,18 @@ impl Ca {
         Ok(self.store().watch_revocations(hook).await?)
     }
 
-    /// The OCSP issuer hashes of `env`'s intermediate, computed once.
+    /// The OCSP issuer hashes of intermediate `id`, computed once.
     fn issuer_hashes(
         &self,
-        env: &str,
+        id: &str,
         signer: &Signer,
     ) -> Option<std::sync::Arc<ocsp::IssuerHashes>> {
         let mut cache = self.ocsp_issuers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = cache.get(env) {
+        if let Some(h) = cache.get(id) {
             return Some(h.clone());
         }
         let h = std::sync::Arc::new(ocsp::IssuerHashes::of(signer.cert_der())?);
-        cache.insert(env.to_string(), h.clone());
+        cache.insert(id.to_string(), h.clone());
         Some(h)
     }
 
@@ -218,25 +222,26 @@ impl Ca {
         self.revocation_epoch.load(Ordering::SeqCst)
     }
 
-    /// Signs and stores a fresh CRL for `issuer_id` (an environment, or [`ROOT_ID`] when the
-    /// root key is online).
+    /// Signs and stores a fresh CRL for `issuer_id`: an unretired intermediate, or a root whose
+    /// key is online.
     pub async fn build_crl(&self, issuer_id: &str) -> Result<CrlRecord, ServiceError> {
-        if issuer_id == ROOT_ID {
-            let rec = self
-                .store()
-                .authority(ROOT_ID)
-                .await?
-                .ok_or(ServiceError::NotInitialized)?;
-            if rec.sealed_key.is_none() {
-                return Err(ServiceError::NotFound(
-                    "no current root CRL: the root key is offline; make one with `ca-server crl --root --root-key FILE`"
-                        .into(),
-                ));
+        let auth = self.authorities();
+        let now = self.now_unix();
+        match auth.get(issuer_id) {
+            Some(a) if a.kind == AuthorityKind::Root && a.sealed_key.is_none() => {
+                return Err(ServiceError::NotFound(format!(
+                    "no current CRL of {issuer_id}: the root key is offline; make one with `ca-server crl --root --root-key FILE`"
+                )));
             }
-        } else if !self.policy().environments.contains_key(issuer_id) {
-            return Err(ServiceError::NotFound(format!(
-                "unknown environment {issuer_id:?}"
-            )));
+            Some(a) if a.kind != AuthorityKind::Tls && !a.retired_by(now) => {}
+            Some(a) if a.retired_by(now) => {
+                return Err(ServiceError::NotFound(format!(
+                    "{issuer_id} is retired: it publishes no CRL any more"
+                )));
+            }
+            _ => {
+                return Err(ServiceError::NotFound(format!("no CRL for {issuer_id:?}")));
+            }
         }
         let signer = self.signer(issuer_id).await?;
         self.build_crl_with(issuer_id, &signer).await
@@ -249,9 +254,12 @@ impl Ca {
         signer: &Signer,
     ) -> Result<CrlRecord, ServiceError> {
         let now = self.now_unix();
-        let (validity, entries_after) = if issuer_id == ROOT_ID {
-            // The root issues only intermediates, which are not revocable yet: an empty, signed,
-            // current CRL is still what relying parties that check the whole chain need.
+        let is_root = self
+            .authorities()
+            .get(issuer_id)
+            .is_some_and(|a| a.kind == AuthorityKind::Root);
+        let (validity, entries_after) = if is_root {
+            // A root's CRL lists the intermediates it signed that were revoked (a compromise).
             (self.options.root_crl_validity, None)
         } else {
             (
@@ -311,12 +319,10 @@ impl Ca {
             if self.now_unix() < half {
                 return Ok(c);
             }
-            if issuer_id == ROOT_ID
-                && self
-                    .store()
-                    .authority(ROOT_ID)
-                    .await?
-                    .is_some_and(|a| a.sealed_key.is_none())
+            if self
+                .authorities()
+                .get(issuer_id)
+                .is_some_and(|a| a.kind == AuthorityKind::Root && a.sealed_key.is_none())
             {
                 return Ok(c);
             }
@@ -324,16 +330,51 @@ impl Ca {
         self.build_crl(issuer_id).await
     }
 
-    /// Reissues every environment CRL and, if its key is online, the root CRL. Failures are
-    /// logged and returned by issuer.
+    /// Whether `id` is an authority that publishes a CRL now (an unretired intermediate or root).
+    pub fn publishes_crl(&self, id: &str) -> bool {
+        self.authorities()
+            .get(id)
+            .is_some_and(|a| a.kind != AuthorityKind::Tls && !a.retired_by(self.now_unix()))
+    }
+
+    /// The current CRLs of every unretired intermediate of `env`, oldest generation first.
+    pub async fn environment_crls(&self, env: &str) -> Result<Vec<CrlRecord>, ServiceError> {
+        let auth = self.authorities();
+        let now = self.now_unix();
+        let mut ids: Vec<(i64, String)> = auth
+            .unretired_intermediates(now)
+            .iter()
+            .filter(|a| a.env.as_deref() == Some(env))
+            .map(|a| (a.generation, a.id.clone()))
+            .collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            out.push(self.current_crl(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Reissues the CRL of every unretired intermediate and of every published root whose key
+    /// is online. Failures are logged and returned by issuer.
     pub async fn refresh_crls(&self) -> Vec<(String, Result<i64, ServiceError>)> {
         let mut out = Vec::new();
-        let mut ids: Vec<String> = self.policy().environments.keys().cloned().collect();
-        let root_online =
-            matches!(self.store().authority(ROOT_ID).await, Ok(Some(a)) if a.sealed_key.is_some());
-        if root_online {
-            ids.push(ROOT_ID.to_string());
+        if let Err(e) = self.refresh_authorities().await {
+            tracing::warn!(error = %e, "authorities not re-read before the CRL refresh");
         }
+        let auth = self.authorities();
+        let now = self.now_unix();
+        let mut ids: Vec<String> = auth
+            .unretired_intermediates(now)
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        ids.extend(
+            auth.published_roots(now)
+                .iter()
+                .filter(|r| r.sealed_key.is_some())
+                .map(|r| r.id.clone()),
+        );
         for id in ids {
             let r = self.build_crl(&id).await.map(|c| c.number);
             if let Err(e) = &r {
@@ -412,13 +453,14 @@ impl Ca {
             std::sync::Arc<Signer>,
             std::sync::Arc<ocsp::IssuerHashes>,
         )> = None;
-        for env in self.policy().environments.keys() {
-            let signer = self.signer(env).await.map_err(internal)?;
-            let hashes = self.issuer_hashes(env, &signer);
+        let auth = self.authorities();
+        for a in auth.unretired_intermediates(now) {
+            let signer = self.signer(&a.id).await.map_err(internal)?;
+            let hashes = self.issuer_hashes(&a.id, &signer);
             if let Some(hashes) = hashes
                 && req.cert_ids.first().is_some_and(|id| id.matches(&hashes))
             {
-                issuer = Some((env.clone(), signer, hashes));
+                issuer = Some((a.id.clone(), signer, hashes));
                 break;
             }
         }

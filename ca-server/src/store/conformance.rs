@@ -22,6 +22,11 @@ fn authority(id: &str, kind: AuthorityKind, serial: &str) -> AuthorityRecord {
         not_before: 1_000,
         not_after: 1_000_000,
         created_at: 1_000,
+        generation: 1,
+        activates_at: None,
+        retired_at: None,
+        revoked_at: None,
+        revocation_reason: None,
     }
 }
 

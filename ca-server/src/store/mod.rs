@@ -272,6 +272,82 @@ pub struct AuthorityRecord {
     pub not_after: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// 1 for what init made, then 2, 3, ... per rotation of the same root, environment or TLS
+    /// issuer.
+    pub generation: i64,
+    /// When it takes over issuance (Unix seconds); `None`: from its creation.
+    pub activates_at: Option<i64>,
+    /// When it left the bundles (Unix seconds; may lie ahead for a root in its overlap).
+    pub retired_at: Option<i64>,
+    /// When it was revoked (listed on its parent's CRL).
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 reason name of the revocation.
+    pub revocation_reason: Option<String>,
+}
+
+impl AuthorityRecord {
+    /// When it issues from: `activates_at`, else its creation.
+    pub fn active_from(&self) -> i64 {
+        self.activates_at.unwrap_or(self.created_at)
+    }
+
+    /// Whether it has left the bundles by `now`.
+    pub fn retired_by(&self, now: i64) -> bool {
+        self.retired_at.is_some_and(|t| t <= now)
+    }
+
+    /// What it is rotated as: the root, an environment, or the TLS issuer (`root`, the
+    /// environment name, `_tls`), shared by every generation.
+    pub fn lineage(&self) -> &str {
+        match self.kind {
+            AuthorityKind::Root => "root",
+            AuthorityKind::Tls => "_tls",
+            AuthorityKind::Intermediate => self.env.as_deref().unwrap_or(&self.id),
+        }
+    }
+}
+
+/// A root's certificate for another root's key, published during a root rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossCertificate {
+    /// The root whose key it certifies.
+    pub subject_id: String,
+    /// The root that signed it.
+    pub issuer_id: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// PEM.
+    pub cert_pem: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A new generation of an authority, written in one transaction by [`Store::add_authority`].
+#[derive(Debug, Clone)]
+pub struct NewAuthority {
+    /// The authority.
+    pub record: AuthorityRecord,
+    /// Cross-certificates made with it (root rotation).
+    pub cross: Vec<CrossCertificate>,
+    /// Authorities whose `retired_at` is set to the given time (a root's overlap end).
+    pub retire: Vec<(String, i64)>,
+    /// An authority revoked at once: (id, at, reason).
+    pub revoke: Option<(String, i64, String)>,
+    /// The audit entry.
+    pub audit: AuditEntry,
+}
+
+/// Leaves of one issuer that have not expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IssuerLeaves {
+    /// Unexpired leaves, revoked or not.
+    pub unexpired: i64,
+    /// Unexpired, unrevoked leaves.
+    pub live: i64,
 }
 
 impl std::fmt::Debug for AuthorityRecord {
@@ -289,7 +365,11 @@ impl std::fmt::Debug for AuthorityRecord {
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .field("created_at", &self.created_at)
-            .finish()
+            .field("generation", &self.generation)
+            .field("activates_at", &self.activates_at)
+            .field("retired_at", &self.retired_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -637,7 +717,7 @@ pub struct CrlDraft {
     /// Unix seconds.
     pub next_update: i64,
     /// List the issuer's revoked certificates whose notAfter is after this (Unix seconds);
-    /// `None` lists nothing (the root, whose intermediates are not revocable here).
+    /// `None`: a root's CRL, which lists its revoked intermediates.
     pub entries_after: Option<i64>,
 }
 
@@ -687,6 +767,18 @@ pub trait Store: Send + Sync {
     async fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError>;
     /// One authority by id.
     async fn authority(&self, id: &str) -> Result<Option<AuthorityRecord>, StoreError>;
+    /// Adds a generation of an authority with its serial, cross-certificates, retirements and
+    /// audit entry in one transaction; `Conflict` when that generation exists already.
+    async fn add_authority(&self, new: &NewAuthority) -> Result<(), StoreError>;
+    /// Marks an authority retired at `at` unless it is already; `true` if this call did.
+    async fn retire_authority(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Unexpired leaves per issuer at `now` (issuers without any are absent).
+    async fn issuer_leaves(
+        &self,
+        now: i64,
+    ) -> Result<std::collections::BTreeMap<String, IssuerLeaves>, StoreError>;
+    /// Every cross-certificate.
+    async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StoreError>;
     /// Reserves several serials in one transaction, durable on return; `Conflict` (and nothing
     /// reserved) if any of them was ever used.
     async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError>;

@@ -15,8 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use super::{
     AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings,
     CertStatus, CertificateFilter, CertificateRecord, ChainedAudit, ChangeHook, CheckpointSigner,
-    CrlDraft, CrlRecord, CrlSigner, Issuance, IssuedVia, JobClaim, NewCa, RevokedEntry, Store,
-    StoreError, TokenRecord, sql,
+    CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim,
+    NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
 };
 use crate::duration::HumanDuration;
 use crate::pki::Serial;

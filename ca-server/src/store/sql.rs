@@ -108,7 +108,47 @@ macro_rules! sql_store {
                 not_before: r.try_get("not_before")?,
                 not_after: r.try_get("not_after")?,
                 created_at: r.try_get("created_at")?,
+                generation: r.try_get("generation")?,
+                activates_at: r.try_get("activates_at")?,
+                retired_at: r.try_get("retired_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+                revocation_reason: r.try_get("revocation_reason")?,
             })
+        }
+
+        /// Inserts an authority (its serial reserved first, so no certificate can ever share it).
+        async fn insert_authority(conn: &mut DbConn, a: &AuthorityRecord) -> Result<(), StoreError> {
+            sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES ($1, $2)")
+                .bind(&a.serial)
+                .bind(a.created_at)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO authorities (id, kind, env, parent_id, serial, subject, cert_pem, \
+                 sealed_key, fingerprint, not_before, not_after, created_at, generation, \
+                 activates_at, retired_at, revoked_at, revocation_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(&a.id)
+            .bind(a.kind.as_str())
+            .bind(&a.env)
+            .bind(&a.parent_id)
+            .bind(&a.serial)
+            .bind(&a.subject)
+            .bind(&a.cert_pem)
+            .bind(&a.sealed_key)
+            .bind(&a.fingerprint)
+            .bind(a.not_before)
+            .bind(a.not_after)
+            .bind(a.created_at)
+            .bind(a.generation)
+            .bind(a.activates_at)
+            .bind(a.retired_at)
+            .bind(a.revoked_at)
+            .bind(&a.revocation_reason)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
         }
 
         fn certificate_from_row(r: &DbRow) -> Result<CertificateRecord, StoreError> {
@@ -370,30 +410,7 @@ macro_rules! sql_store {
                     }
                 }
                 for a in &ca.authorities {
-                    sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES ($1, $2)")
-                        .bind(&a.serial)
-                        .bind(a.created_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "INSERT INTO authorities (id, kind, env, parent_id, serial, subject, cert_pem, \
-                         sealed_key, fingerprint, not_before, not_after, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(&a.id)
-                    .bind(a.kind.as_str())
-                    .bind(&a.env)
-                    .bind(&a.parent_id)
-                    .bind(&a.serial)
-                    .bind(&a.subject)
-                    .bind(&a.cert_pem)
-                    .bind(&a.sealed_key)
-                    .bind(&a.fingerprint)
-                    .bind(a.not_before)
-                    .bind(a.not_after)
-                    .bind(a.created_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    insert_authority(&mut tx, a).await?;
                 }
                 append_one(&mut tx, &ca.audit).await?;
                 tx.commit().await?;
@@ -441,6 +458,123 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 row.as_ref().map(authority_from_row).transpose()
+            }
+
+            async fn add_authority(&self, new: &NewAuthority) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                match insert_authority(&mut tx, &new.record).await {
+                    Err(StoreError::Database(e)) if sql::unique_violation(&e) => {
+                        return Err(StoreError::Conflict(format!(
+                            "generation {} of {} exists already (another rotation got there first)",
+                            new.record.generation,
+                            new.record.lineage()
+                        )));
+                    }
+                    r => r?,
+                }
+                for c in &new.cross {
+                    sqlx::query("INSERT INTO serials (serial, reserved_at) VALUES ($1, $2)")
+                        .bind(&c.serial)
+                        .bind(c.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO cross_certificates (subject_id, issuer_id, serial, cert_pem, \
+                         not_before, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&c.subject_id)
+                    .bind(&c.issuer_id)
+                    .bind(&c.serial)
+                    .bind(&c.cert_pem)
+                    .bind(c.not_before)
+                    .bind(c.not_after)
+                    .bind(c.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (id, at) in &new.retire {
+                    sqlx::query("UPDATE authorities SET retired_at = $1 WHERE id = $2")
+                        .bind(at)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some((id, at, reason)) = &new.revoke {
+                    let done = sqlx::query(
+                        "UPDATE authorities SET revoked_at = $1, revocation_reason = $2 \
+                         WHERE id = $3 AND revoked_at IS NULL",
+                    )
+                    .bind(at)
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "authority {id} is unknown or revoked already"
+                        )));
+                    }
+                }
+                append_one(&mut tx, &new.audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn retire_authority(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE authorities SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn issuer_leaves(
+                &self,
+                now: i64,
+            ) -> Result<std::collections::BTreeMap<String, IssuerLeaves>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT issuer_id, COUNT(*) AS unexpired, \
+                     SUM(CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END) AS live \
+                     FROM certificates WHERE not_after > $1 GROUP BY issuer_id",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get("issuer_id")?,
+                            IssuerLeaves {
+                                unexpired: r.try_get("unexpired")?,
+                                live: r.try_get("live")?,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT * FROM cross_certificates ORDER BY created_at, serial")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(CrossCertificate {
+                            subject_id: r.try_get("subject_id")?,
+                            issuer_id: r.try_get("issuer_id")?,
+                            serial: r.try_get("serial")?,
+                            cert_pem: r.try_get("cert_pem")?,
+                            not_before: r.try_get("not_before")?,
+                            not_after: r.try_get("not_after")?,
+                            created_at: r.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn insert_certificate(
@@ -706,7 +840,7 @@ macro_rules! sql_store {
                 .await?;
                 let entries = match draft.entries_after {
                     Some(after) => revoked_entries_in(&mut *tx, &draft.issuer_id, after).await?,
-                    None => Vec::new(),
+                    None => revoked_authorities_in(&mut *tx, &draft.issuer_id).await?,
                 };
                 let der = sign(number, &entries).map_err(StoreError::Signing)?;
                 sqlx::query(
@@ -954,6 +1088,33 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 Ok(())
             }
+        }
+
+        /// The revoked authorities a root signed (its CRL lists them until it retires).
+        async fn revoked_authorities_in<'e, E>(
+            exec: E,
+            parent_id: &str,
+        ) -> Result<Vec<RevokedEntry>, StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            use sqlx::Row;
+            let rows = sqlx::query(
+                "SELECT serial, revoked_at, revocation_reason FROM authorities \
+                 WHERE parent_id = $1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+            )
+            .bind(parent_id)
+            .fetch_all(exec)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RevokedEntry {
+                        serial: r.try_get("serial")?,
+                        revoked_at: r.try_get("revoked_at")?,
+                        reason: r.try_get("revocation_reason")?,
+                    })
+                })
+                .collect()
         }
 
         async fn revoked_entries_in<'e, E>(

@@ -15,8 +15,8 @@ use sqlx::{ConnectOptions, Connection};
 use super::{
     AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings,
     CertStatus, CertificateFilter, CertificateRecord, ChainedAudit, CheckpointSigner, CrlDraft,
-    CrlRecord, CrlSigner, Issuance, IssuedVia, JobClaim, NewCa, RevokedEntry, Store, StoreError,
-    TokenRecord, sql,
+    CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim,
+    NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
 };
 use crate::pki::Serial;
 
