@@ -233,8 +233,8 @@ impl Ca {
                     "no current CRL of {issuer_id}: the root key is offline; make one with `ca-server crl --root --root-key FILE`"
                 )));
             }
-            Some(a) if a.kind != AuthorityKind::Tls && !a.retired_by(now) => {}
-            Some(a) if a.retired_by(now) => {
+            Some(a) if a.kind != AuthorityKind::Tls && !auth.gone(a, now) => {}
+            Some(a) if auth.gone(a, now) => {
                 return Err(ServiceError::NotFound(format!(
                     "{issuer_id} is retired: it publishes no CRL any more"
                 )));
@@ -332,9 +332,9 @@ impl Ca {
 
     /// Whether `id` is an authority that publishes a CRL now (an unretired intermediate or root).
     pub fn publishes_crl(&self, id: &str) -> bool {
-        self.authorities()
-            .get(id)
-            .is_some_and(|a| a.kind != AuthorityKind::Tls && !a.retired_by(self.now_unix()))
+        let auth = self.authorities();
+        auth.get(id)
+            .is_some_and(|a| a.kind != AuthorityKind::Tls && !auth.gone(a, self.now_unix()))
     }
 
     /// The current CRLs of every unretired intermediate of `env`, oldest generation first.

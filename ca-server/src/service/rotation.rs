@@ -200,7 +200,7 @@ impl Authorities {
         now: i64,
     ) -> Option<&AuthorityRecord> {
         self.lineage(kind, lineage)
-            .filter(|a| a.revoked_at.is_none() && !a.retired_by(now) && a.active_from() <= now)
+            .filter(|a| a.revoked_at.is_none() && !self.gone(a, now) && a.active_from() <= now)
             .max_by_key(|a| a.generation)
     }
 
@@ -209,10 +209,20 @@ impl Authorities {
         self.lineage(kind, lineage).max_by_key(|a| a.generation)
     }
 
+    /// Retired itself, or signed by a root that has left the bundles (nobody relying on a
+    /// bundle could verify its chains any more).
+    pub(crate) fn gone(&self, a: &AuthorityRecord, now: i64) -> bool {
+        a.retired_by(now)
+            || a.parent_id
+                .as_deref()
+                .and_then(|p| self.get(p))
+                .is_some_and(|p| p.retired_by(now))
+    }
+
     pub(crate) fn state(&self, a: &AuthorityRecord, now: i64) -> IssuerState {
         if a.revoked_at.is_some() {
             IssuerState::Revoked
-        } else if a.retired_by(now) {
+        } else if self.gone(a, now) {
             IssuerState::Retired
         } else if self
             .active(a.kind, a.lineage(), now)
@@ -243,7 +253,7 @@ impl Authorities {
     pub(crate) fn published_intermediates(&self, env: &str, now: i64) -> Vec<&AuthorityRecord> {
         let mut v: Vec<_> = self
             .lineage(AuthorityKind::Intermediate, env)
-            .filter(|a| a.revoked_at.is_none() && !a.retired_by(now))
+            .filter(|a| a.revoked_at.is_none() && !self.gone(a, now))
             .collect();
         v.sort_by_key(|a| a.generation);
         v
@@ -253,7 +263,7 @@ impl Authorities {
     pub(crate) fn unretired_intermediates(&self, now: i64) -> Vec<&AuthorityRecord> {
         self.all
             .iter()
-            .filter(|a| a.kind == AuthorityKind::Intermediate && !a.retired_by(now))
+            .filter(|a| a.kind == AuthorityKind::Intermediate && !self.gone(a, now))
             .collect()
     }
 
@@ -262,7 +272,7 @@ impl Authorities {
     pub(crate) fn client_anchors(&self, now: i64) -> Vec<&AuthorityRecord> {
         self.all
             .iter()
-            .filter(|a| a.kind != AuthorityKind::Tls && !a.retired_by(now))
+            .filter(|a| a.kind != AuthorityKind::Tls && !self.gone(a, now))
             .filter(|a| a.kind != AuthorityKind::Root || a.revoked_at.is_none())
             .collect()
     }
@@ -400,11 +410,16 @@ impl Ca {
         let Some(rec) = self.store.certificate(serial).await? else {
             return Ok(None);
         };
-        let auth = self.authorities();
-        let Some(issuer) = auth.get(&rec.issuer_id) else {
+        // The issuer's row itself, not the snapshot (re-read every few seconds): a compromise
+        // is reported from the moment it is committed.
+        let Some(issuer) = self.store.authority(&rec.issuer_id).await? else {
             return Ok(None);
         };
-        Ok(match auth.state(issuer, self.now_unix()) {
+        if issuer.revoked_at.is_some() {
+            return Ok(Some(RenewHint::IssuerRevoked));
+        }
+        let auth = self.authorities();
+        Ok(match auth.state(&issuer, self.now_unix()) {
             IssuerState::Revoked => Some(RenewHint::IssuerRevoked),
             IssuerState::Retiring | IssuerState::Retired => Some(RenewHint::IssuerRetiring),
             IssuerState::Next | IssuerState::Active => None,
@@ -635,6 +650,21 @@ impl Ca {
                 newest.id,
                 super::revocation::to_datetime(newest.active_from())
             ))));
+        }
+        let longest = self
+            .policy()
+            .environments
+            .values()
+            .map(|e| e.max_ttl)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        if input.overlap < longest {
+            tracing::warn!(
+                overlap = %input.overlap,
+                max_ttl = %longest,
+                "the overlap is shorter than the longest leaf lifetime: leaves of the old root's \
+                 intermediates that outlive the overlap stop verifying when it ends"
+            );
         }
         let old_signer = self.root_signer(&old, input.root_key.as_ref()).await?;
         let at = self.now();
