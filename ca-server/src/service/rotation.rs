@@ -1141,6 +1141,17 @@ mod tests {
         }
     }
 
+    fn rotate_env(env: &str, compromised: bool) -> RotateInput {
+        RotateInput {
+            target: RotateTarget::Env(env.into()),
+            delay: Duration::hours(2),
+            compromised,
+            overlap: Duration::ZERO,
+            root_key: None,
+            actor: "cli:test".into(),
+        }
+    }
+
     fn ids_of(ca: &Ca, env: &str) -> Vec<String> {
         let mut v: Vec<String> = ca
             .authorities()
@@ -1258,17 +1269,7 @@ mod tests {
         let (a, _ac, b, _bc) = replicas(dir.path()).await;
         let old = a.issue(leaf(&a)).await.expect("leaf");
         let old_serial: crate::pki::Serial = old.record.serial.parse().expect("serial");
-        let out = a
-            .rotate(RotateInput {
-                target: RotateTarget::Env("dev".into()),
-                delay: Duration::hours(2),
-                compromised: true,
-                overlap: Duration::ZERO,
-                root_key: None,
-                actor: "cli:test".into(),
-            })
-            .await
-            .expect("rotate");
+        let out = a.rotate(rotate_env("dev", true)).await.expect("rotate");
         assert_eq!(out.created[0].id, "dev.2");
         b.refresh_authorities().await.expect("refresh");
         assert_eq!(
@@ -1299,39 +1300,15 @@ mod tests {
         assert!(b.publishes_crl("dev"));
         // A second compromise rotation while dev.2 is fine: allowed; a plain one while a next
         // generation waits: refused.
-        let next = a
-            .rotate(RotateInput {
-                target: RotateTarget::Env("dev".into()),
-                delay: Duration::hours(2),
-                compromised: false,
-                overlap: Duration::ZERO,
-                root_key: None,
-                actor: "cli:test".into(),
-            })
-            .await
-            .expect("rotate");
+        let next = a.rotate(rotate_env("dev", false)).await.expect("rotate");
         assert_eq!(next.created[0].id, "dev.3");
         let err = a
-            .rotate(RotateInput {
-                target: RotateTarget::Env("dev".into()),
-                delay: Duration::hours(2),
-                compromised: false,
-                overlap: Duration::ZERO,
-                root_key: None,
-                actor: "cli:test".into(),
-            })
+            .rotate(rotate_env("dev", false))
             .await
             .expect_err("a next generation waits already");
         assert!(err.to_string().contains("dev.3"), "{err}");
         let unknown = a
-            .rotate(RotateInput {
-                target: RotateTarget::Env("nope".into()),
-                delay: Duration::hours(2),
-                compromised: false,
-                overlap: Duration::ZERO,
-                root_key: None,
-                actor: "cli:test".into(),
-            })
+            .rotate(rotate_env("nope", false))
             .await
             .expect_err("unknown env");
         assert!(

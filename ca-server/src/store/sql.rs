@@ -1098,7 +1098,6 @@ macro_rules! sql_store {
         where
             E: sqlx::Executor<'e, Database = $db>,
         {
-            use sqlx::Row;
             let rows = sqlx::query(
                 "SELECT serial, revoked_at, revocation_reason FROM authorities \
                  WHERE parent_id = $1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
@@ -1106,6 +1105,12 @@ macro_rules! sql_store {
             .bind(parent_id)
             .fetch_all(exec)
             .await?;
+            revoked_from_rows(&rows)
+        }
+
+        /// Rows of (serial, revoked_at, revocation_reason) as CRL entries.
+        fn revoked_from_rows(rows: &[DbRow]) -> Result<Vec<RevokedEntry>, StoreError> {
+            use sqlx::Row;
             rows.iter()
                 .map(|r| {
                     Ok(RevokedEntry {
@@ -1125,7 +1130,6 @@ macro_rules! sql_store {
         where
             E: sqlx::Executor<'e, Database = $db>,
         {
-            use sqlx::Row;
             let rows = sqlx::query(
                 "SELECT serial, revoked_at, revocation_reason FROM certificates \
                  WHERE issuer_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 \
@@ -1135,15 +1139,7 @@ macro_rules! sql_store {
             .bind(not_after_after)
             .fetch_all(exec)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(RevokedEntry {
-                        serial: r.try_get("serial")?,
-                        revoked_at: r.try_get("revoked_at")?,
-                        reason: r.try_get("revocation_reason")?,
-                    })
-                })
-                .collect()
+            revoked_from_rows(&rows)
         }
     };
 }
