@@ -955,6 +955,34 @@ fn intermediate_rotation_keeps_mutual_tls_up() {
         "bundle: the root, then the active and the retiring intermediate: {ids:?}"
     );
 
+    // OCSP answers for the leaves of both generations, each signed by its own issuer.
+    for (what, leaf) in [("old", &old_client), ("new", &client_leaf)] {
+        let (issuer, cert, anchor) = (
+            scratch(leaf.issuer_pem()),
+            scratch(&leaf.cert),
+            scratch(&root),
+        );
+        let url = format!("{}/ocsp", pki.http);
+        let run = openssl([
+            "ocsp",
+            "-issuer",
+            s(issuer.path()),
+            "-cert",
+            s(cert.path()),
+            "-url",
+            &url,
+            "-verify_other",
+            s(issuer.path()),
+            "-CAfile",
+            s(anchor.path()),
+        ]);
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            out.contains(": good") && out.contains("Response verify OK"),
+            "OCSP for the {what} leaf: {out}"
+        );
+    }
+
     rig.wait_nginx_serves_current();
     rig.wait_requests_with_current_client(10);
     let attempts = rig.finish_traffic(30);
@@ -1206,6 +1234,47 @@ fn root_rotation_keeps_mutual_tls_up() {
     eprintln!("after the overlap: {states:?}");
     assert_eq!(rig.pki.state("root.2"), "active");
     assert_eq!(rig.pki.state("dev.2"), "active");
+
+    // The agents pinned the old root at enrollment; during the overlap they learned the new one
+    // (certified by the pinned root in their chains), so with the old root and the link gone
+    // they still trust the CA server (now serving a certificate of the new TLS intermediate) and
+    // renew.
+    for h in [&rig.web, &rig.client] {
+        let saved = std::fs::read_to_string(h.cfg.parent().expect("dir").join("state/root.pem"))
+            .expect("saved roots");
+        assert!(
+            rig.pki.find_in("root.2", &saved).is_some()
+                && rig.pki.find_in("root", &saved).is_some(),
+            "{}: the agent's saved roots are {:?}",
+            h.name,
+            rig.pki.ids_in(&saved)
+        );
+        let before = h.leaf().expect("leaf");
+        let mut c = std::process::Command::new(support::agent_bin());
+        c.args(["renew", "--now", "--config", s(&h.cfg), "tls"]);
+        support::run_bounded(c, Duration::from_secs(10)).expect_code(0);
+        let after = wait_until(
+            Duration::from_secs(20),
+            &format!("{} to renew after the overlap", h.name),
+            || h.diag(),
+            || {
+                let leaf = h.leaf().ok_or("no certificate")?;
+                if serial_of(&leaf.cert) != serial_of(&before.cert) {
+                    Ok(leaf)
+                } else {
+                    Err("same serial".to_string())
+                }
+            },
+        );
+        assert_eq!(
+            after.chain.len(),
+            2,
+            "{}: no link certificate after the overlap",
+            h.name
+        );
+        let run = verify(&new_root, Some(&after.chain_pem()), &after.cert, &[]);
+        assert!(run.ok(), "{}: {run:?}", h.name);
+    }
 }
 
 #[test]

@@ -139,11 +139,11 @@ pub async fn pinned_root(
     state_dir: Option<&Path>,
 ) -> Result<String, ClientError> {
     let pin = ca_wire::client::normalize_fingerprint(fingerprint)?;
+    // The saved roots: the pinned one, and those it vouched for in a root rotation.
     if let Some(dir) = state_dir
         && let Ok(pem) = std::fs::read_to_string(dir.join("root.pem"))
         && let Ok(certs) = ca_wire::client::certs_from_pem(pem.as_bytes())
-        && certs.len() == 1
-        && ca_wire::client::sha256_hex(&certs[0]) == pin
+        && certs.iter().any(|c| ca_wire::client::sha256_hex(c) == pin)
     {
         return Ok(pem);
     }
@@ -207,7 +207,7 @@ struct Current {
 pub struct Agent {
     cfg: AgentConfig,
     token_file: Option<PathBuf>,
-    private: Option<PrivateCa>,
+    private: Option<std::sync::RwLock<Arc<PrivateCa>>>,
     acme: Acme,
     routes: HashMap<String, Route>,
     board: Arc<Board>,
@@ -322,7 +322,9 @@ impl Agent {
                         ))
                     };
                     match boot.await {
-                        Ok((p, info)) => break (Some(p), Some(info)),
+                        Ok((p, info)) => {
+                            break (Some(std::sync::RwLock::new(Arc::new(p))), Some(info));
+                        }
                         Err(e @ (ClientError::PinMismatch { .. } | ClientError::Config(_))) => {
                             return Err(e.into());
                         }
@@ -423,9 +425,10 @@ impl Agent {
         })
     }
 
-    fn private(&self) -> Result<&PrivateCa, Failure> {
+    fn private(&self) -> Result<Arc<PrivateCa>, Failure> {
         self.private
             .as_ref()
+            .map(|p| p.read().unwrap_or_else(|e| e.into_inner()).clone())
             .ok_or_else(|| Failure::Other("no private CA is configured".into()))
     }
 
@@ -765,10 +768,75 @@ impl Agent {
         }
     }
 
+    /// Adds to the trusted roots those of `bundle_pem` that a trusted root certified (the link
+    /// certificate of a root rotation, carried in the chains during the overlap), saves them
+    /// beside the pinned root, and talks to the CA with them from now on: when the old root
+    /// leaves the bundles, this agent already trusts the new one.
+    fn learn_roots(&self, bundle_pem: &str) {
+        let (Ok(p), Ok(bundle)) = (
+            self.private(),
+            ca_wire::client::certs_from_pem(bundle_pem.as_bytes()),
+        ) else {
+            return;
+        };
+        let mut links = Vec::new();
+        for cert in &self.cfg.certs {
+            if self.routes[&cert.name] != Route::Private {
+                continue;
+            }
+            if let Some((_, _, chain)) = Layout::new(&cert.dir).read_current()
+                && let Ok(c) = ca_wire::client::certs_from_pem(chain.as_bytes())
+            {
+                links.extend(c.into_iter().skip(1));
+            }
+        }
+        let learned = crate::validate::linked_roots(&p.roots, &bundle, &links, now());
+        if learned.is_empty() {
+            return;
+        }
+        let mut roots_pem = p.roots_pem.clone();
+        for r in &learned {
+            roots_pem.push_str(&ca_wire::client::pem_certificate(r));
+        }
+        let built = ca_wire::client::certs_from_pem(roots_pem.as_bytes()).and_then(|roots| {
+            ApiClient::new(&p.server, roots_pem.as_bytes(), None).map(|anon| (roots, anon))
+        });
+        let (roots, anon) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the roots learned from the bundle");
+                return;
+            }
+        };
+        if let Err(e) = replace_file(
+            &self.cfg.state_dir.join("root.pem"),
+            roots_pem.as_bytes(),
+            0o644,
+        ) {
+            tracing::warn!(error = %e, "cannot save the learned roots");
+        }
+        let fingerprints: Vec<String> = learned
+            .iter()
+            .map(|r| ca_wire::client::sha256_hex(r))
+            .collect();
+        tracing::warn!(
+            ?fingerprints,
+            "trusting a new root certified by the pinned one (root rotation)"
+        );
+        if let Some(slot) = &self.private {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(PrivateCa {
+                server: p.server.clone(),
+                roots,
+                roots_pem,
+                anon,
+            });
+        }
+    }
+
     /// Refreshes trust bundles (and CRLs where asked) of every private certificate, and wakes a
     /// task whose certificate appears on its environment's CRL so it finds out at once.
     pub async fn refresh_trust(&self, wakers: &HashMap<String, Arc<Notify>>) {
-        let Some(p) = &self.private else { return };
+        let Ok(p) = self.private() else { return };
         for cert in &self.cfg.certs {
             if self.routes[&cert.name] != Route::Private {
                 continue;
@@ -800,6 +868,7 @@ impl Agent {
                     }
                     match reply.text(&path) {
                         Ok(pem) => {
+                            self.learn_roots(&pem);
                             if std::fs::read_to_string(layout.path("bundle.pem"))
                                 .ok()
                                 .as_deref()

@@ -58,6 +58,51 @@ pub enum ValidateError {
     Expired,
 }
 
+/// The roots of `bundle` a pinned root vouches for: self-signed CA certificates not pinned yet
+/// whose key and name a certificate among `links` certifies, that link being a CA certificate
+/// signed by one of `pinned` and valid at `now`. This is how a root rotation reaches an agent:
+/// during the overlap its chain carries the new root's key certified by the old root.
+pub fn linked_roots(
+    pinned: &[CertificateDer<'static>],
+    bundle: &[CertificateDer<'static>],
+    links: &[CertificateDer<'static>],
+    now: i64,
+) -> Vec<CertificateDer<'static>> {
+    fn parse<'a>(d: &'a CertificateDer<'static>) -> Option<X509Certificate<'a>> {
+        X509Certificate::from_der(d).ok().map(|(_, c)| c)
+    }
+    let pinned_parsed: Vec<X509Certificate<'_>> = pinned.iter().filter_map(parse).collect();
+    let vouched = |root: &X509Certificate<'_>| {
+        links.iter().filter_map(parse).any(|link| {
+            let is_ca = matches!(link.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+            is_ca
+                && link.public_key().raw == root.public_key().raw
+                && link.subject().as_raw() == root.subject().as_raw()
+                && link.validity().not_before.timestamp() <= now
+                && now < link.validity().not_after.timestamp()
+                && pinned_parsed.iter().any(|p| {
+                    link.issuer().as_raw() == p.subject().as_raw()
+                        && link.verify_signature(Some(p.public_key())).is_ok()
+                })
+        })
+    };
+    bundle
+        .iter()
+        .filter(|d| !pinned.contains(d))
+        .filter(|d| {
+            parse(d).is_some_and(|c| {
+                c.subject().as_raw() == c.issuer().as_raw()
+                    && c.verify_signature(None).is_ok()
+                    && matches!(c.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+                    && c.validity().not_before.timestamp() <= now
+                    && now < c.validity().not_after.timestamp()
+                    && vouched(&c)
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 /// A DER serial as lowercase hex without leading zeros (the CA's spelling).
 pub fn serial_hex(raw: &[u8]) -> String {
     let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());

@@ -3,8 +3,9 @@
 
 use super::{
     AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlDraft, Issuance, IssuedVia, JobClaim, NewCa,
-    RevokedEntry, Store, StoreError, TokenRecord, TokenUse,
+    CertificateFilter, CertificateRecord, CrlDraft, CrossCertificate, Issuance, IssuedVia,
+    IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord,
+    TokenUse,
 };
 use crate::pki::Serial;
 
@@ -314,6 +315,208 @@ pub async fn run(store: &dyn Store) {
     jobs(store).await;
     policy(store).await;
     audit_chain(store).await;
+    rotation(store, now).await;
+}
+
+/// Generations of authorities: one new generation per rotation, cross-certificates, retirement,
+/// revocation on the root's CRL, and leaves counted per issuer.
+async fn rotation(store: &dyn Store, now: i64) {
+    let generation = |id: &str, kind: AuthorityKind, env: Option<&str>, n: i64, serial: &str| {
+        let mut a = authority(id, kind, serial);
+        a.env = env.map(str::to_string);
+        a.generation = n;
+        a.activates_at = Some(now + 10);
+        a.created_at = now;
+        a
+    };
+    let add = |record: AuthorityRecord| NewAuthority {
+        record,
+        cross: Vec::new(),
+        retire: Vec::new(),
+        revoke: None,
+        audit: audit("ca-rotate", now, None),
+    };
+    let dev2 = generation("dev.2", AuthorityKind::Intermediate, Some("dev"), 2, "d002");
+    store
+        .add_authority(&add(dev2.clone()))
+        .await
+        .expect("dev.2");
+    assert_eq!(store.authority("dev.2").await.expect("dev.2"), Some(dev2));
+    // A second rotation racing for the same generation writes nothing.
+    let twin = generation(
+        "dev.2b",
+        AuthorityKind::Intermediate,
+        Some("dev"),
+        2,
+        "d0b2",
+    );
+    match store.add_authority(&add(twin)).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a second generation 2 of dev must conflict, got {other:?}"),
+    }
+    assert_eq!(store.authority("dev.2b").await.expect("lookup"), None);
+    store
+        .reserve_serials(&[serial("d0b2")], now)
+        .await
+        .expect("the losing rotation's serial was not kept");
+
+    // A root rotation: the new root, the link certificates, the old root's retirement.
+    let root2 = generation("root.2", AuthorityKind::Root, None, 2, "f002");
+    let link = CrossCertificate {
+        subject_id: "root.2".into(),
+        issuer_id: "root".into(),
+        serial: "f0c1".into(),
+        cert_pem: "link pem".into(),
+        not_before: now,
+        not_after: now + 1_000,
+        created_at: now,
+    };
+    store
+        .add_authority(&NewAuthority {
+            cross: vec![link.clone()],
+            retire: vec![("root".into(), now + 100)],
+            ..add(root2)
+        })
+        .await
+        .expect("root.2");
+    assert_eq!(store.cross_certificates().await.expect("links"), vec![link]);
+    assert_eq!(
+        store
+            .authority("root")
+            .await
+            .expect("root")
+            .and_then(|r| r.retired_at),
+        Some(now + 100)
+    );
+    assert!(
+        store.reserve_serials(&[serial("f0c1")], now).await.is_err(),
+        "a link certificate's serial counts as used"
+    );
+
+    // A compromise: the new generation and the old one's revocation in one transaction; the
+    // root's CRL lists it.
+    let prod2 = generation(
+        "prod.2",
+        AuthorityKind::Intermediate,
+        Some("prod"),
+        2,
+        "e002",
+    );
+    store
+        .add_authority(&NewAuthority {
+            revoke: Some(("prod".into(), now, "ca-compromise".into())),
+            ..add(prod2)
+        })
+        .await
+        .expect("prod.2");
+    let prod = store.authority("prod").await.expect("prod").expect("prod");
+    assert_eq!(
+        (prod.revoked_at, prod.revocation_reason.as_deref()),
+        (Some(now), Some("ca-compromise"))
+    );
+    let prod3 = generation(
+        "prod.3",
+        AuthorityKind::Intermediate,
+        Some("prod"),
+        3,
+        "e003",
+    );
+    match store
+        .add_authority(&NewAuthority {
+            revoke: Some(("prod".into(), now, "ca-compromise".into())),
+            ..add(prod3)
+        })
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("revoking a revoked authority must conflict, got {other:?}"),
+    }
+    assert_eq!(store.authority("prod.3").await.expect("lookup"), None);
+    let listed = std::sync::Mutex::new(Vec::new());
+    let sign = |_: i64, entries: &[RevokedEntry]| -> Result<Vec<u8>, String> {
+        *listed.lock().expect("lock") = entries.to_vec();
+        Ok(vec![1])
+    };
+    store
+        .generate_crl(
+            &CrlDraft {
+                issuer_id: "root".into(),
+                this_update: now,
+                next_update: now + 10,
+                entries_after: None,
+            },
+            &sign,
+        )
+        .await
+        .expect("root crl");
+    let listed = listed.into_inner().expect("lock");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| (e.serial.as_str(), e.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [("03", "ca-compromise")],
+        "the root CRL lists exactly the revoked intermediate"
+    );
+
+    // Retirement is recorded once.
+    assert!(store.retire_authority("dev", now).await.expect("retire"));
+    assert!(
+        !store
+            .retire_authority("dev", now + 5)
+            .await
+            .expect("retire")
+    );
+    assert_eq!(
+        store
+            .authority("dev")
+            .await
+            .expect("dev")
+            .and_then(|a| a.retired_at),
+        Some(now)
+    );
+
+    // Leaves per issuer: unexpired ones, and of those the unrevoked.
+    let ids = ["d201", "d202"];
+    store
+        .reserve_serials(&ids.map(serial), now)
+        .await
+        .expect("reserve");
+    for id in ids {
+        let c = CertificateRecord {
+            issuer_id: "dev.2".into(),
+            ..cert(id, "dev", "rot", now, now + 500)
+        };
+        store
+            .insert_certificate(&c, &audit("issue", now, Some(id)))
+            .await
+            .expect("insert");
+    }
+    store
+        .revoke_certificate(
+            &serial("d202"),
+            now,
+            "superseded",
+            &audit("revoke", now, Some("d202")),
+        )
+        .await
+        .expect("revoke");
+    let leaves = store.issuer_leaves(now).await.expect("leaves");
+    assert_eq!(
+        leaves.get("dev.2"),
+        Some(&IssuerLeaves {
+            unexpired: 2,
+            live: 1
+        })
+    );
+    assert!(
+        !store
+            .issuer_leaves(now + 500)
+            .await
+            .expect("leaves")
+            .contains_key("dev.2"),
+        "expired leaves are not counted"
+    );
 }
 
 async fn audit_chain(store: &dyn Store) {
