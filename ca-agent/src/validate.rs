@@ -300,6 +300,60 @@ pub fn validate_public(
 mod tests {
     use super::*;
 
+    /// A root (same name for every generation) and its key.
+    fn root_gen(cn: &str) -> (rcgen::CertificateParams, rcgen::KeyPair, CertificateDer<'static>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let der = p.self_signed(&key).expect("root").der().clone();
+        (p, key, der)
+    }
+
+    #[test]
+    fn a_new_root_is_trusted_only_when_a_trusted_root_certified_it() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (p1, k1, r1) = root_gen("Example Root CA");
+        let (p2, k2, r2) = root_gen("Example Root CA");
+        let (p3, k3, _) = root_gen("Example Root CA");
+        // The link: root 2's name and key, signed by root 1.
+        let link = p2
+            .signed_by(&k2, &rcgen::Issuer::new(p1.clone(), k1))
+            .expect("link")
+            .der()
+            .clone();
+        let bundle = vec![r1.clone(), r2.clone()];
+        assert_eq!(
+            linked_roots(&[r1.clone()], &bundle, &[link.clone()], now),
+            vec![r2.clone()]
+        );
+        assert!(
+            linked_roots(&[r1.clone()], &bundle, &[], now).is_empty(),
+            "no link, no trust"
+        );
+        assert!(
+            linked_roots(&[r1.clone(), r2.clone()], &bundle, &[link.clone()], now).is_empty(),
+            "nothing new"
+        );
+        // A link signed by a root that is not trusted proves nothing.
+        let forged = p2
+            .signed_by(&k2, &rcgen::Issuer::new(p3, k3))
+            .expect("forged")
+            .der()
+            .clone();
+        assert!(linked_roots(&[r1.clone()], &bundle, &[forged], now).is_empty());
+        // A link for another key does not vouch for root 2.
+        let (_, k4, _) = root_gen("Example Root CA");
+        let other = p2
+            .signed_by(&k4, &rcgen::Issuer::new(p1, rcgen::KeyPair::generate().expect("key")))
+            .expect("other")
+            .der()
+            .clone();
+        assert!(linked_roots(&[r1], &bundle, &[other], now).is_empty());
+    }
+
     #[test]
     fn serials_print_without_leading_zeros() {
         assert_eq!(serial_hex(&[0, 0x0a, 0xbc]), "0abc");
