@@ -1429,6 +1429,204 @@ fn compromised_intermediate_is_replaced_within_one_bundle_refresh() {
     assert_eq!(pki.state("dev"), "revoked");
 }
 
+/// A CLI refusal: a non-zero exit and a message naming the problem.
+trait Refused {
+    fn refused(&self, needle: &str);
+}
+
+impl Refused for Run {
+    fn refused(&self, needle: &str) {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a refusal, got exit {:?}: {}",
+            self.code,
+            self.stdout
+        );
+        self.expect_stderr(needle);
+    }
+}
+
+/// Past a 1 s activation delay (the CA counts whole seconds).
+const ACTIVATION: Duration = Duration::from_millis(2100);
+
+/// The rotation commands on a sealed CA whose root is kept offline, refusals included: nothing
+/// is written by a refused rotation, the root's key is needed (and only the active root's),
+/// and a root rotation hands the new root's key out instead of storing it.
+#[test]
+fn rotation_from_the_cli_with_a_sealed_ca_and_an_offline_root() {
+    let keys = tempfile::tempdir().expect("tmp");
+    let old_key = keys.path().join("root.key");
+    let new_key = keys.path().join("root2.key");
+    let ca = TestCa::init_sealed_with(
+        "rotation test passphrase, long enough",
+        &["--root-key-out", s(&old_key)],
+    );
+    let list = |ca: &TestCa| -> Vec<Value> {
+        let run = ca.server(&["ca", "list", "--json"]);
+        run.expect_code(0);
+        serde_json::from_str(&run.stdout).expect("ca list --json")
+    };
+    let state = |ca: &TestCa, id: &str| -> String {
+        list(ca)
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| "absent".into())
+    };
+    let count = |ca: &TestCa| list(ca).len();
+    let before = count(&ca);
+
+    // Refusals: nothing written.
+    ca.server(&["ca", "rotate", "--env", "dev", "--delay", "1s"])
+        .refused("--root-key");
+    ca.server(&["ca", "rotate", "--env", "nosuch", "--root-key", s(&old_key)])
+        .refused("not in the policy");
+    ca.server(&["ca", "rotate", "--root", "--compromised"])
+        .refused("cannot be used with");
+    ca.server(&["ca", "rotate"]).refused("--env");
+    ca.server(&["ca", "rotate", "--root", "--root-key", s(&old_key)])
+        .refused("--root-key-out");
+    assert_eq!(count(&ca), before, "a refused rotation writes nothing");
+
+    // An intermediate, signed with the offline root's key, issuing at once.
+    ca.server(&[
+        "ca",
+        "rotate",
+        "--env",
+        "dev",
+        "--delay",
+        "1s",
+        "--root-key",
+        s(&old_key),
+    ])
+    .expect_code(0);
+    std::thread::sleep(ACTIVATION);
+    assert_eq!(state(&ca, "dev.2"), "active");
+    assert_eq!(state(&ca, "dev"), "retiring");
+    let out = ca.path("leaf");
+    ca.issue("dev", "api", &["api.dev.svc.example.internal"], &out, &[])
+        .expect_code(0);
+    support::openssl_verify_dir(&out).expect_code(0);
+    let chain = std::fs::read_to_string(out.join("chain.pem")).expect("chain");
+    let issuer = &pem_certs(&chain)[1];
+    let subject = openssl([
+        "x509",
+        "-noout",
+        "-subject",
+        "-in",
+        s(scratch(issuer).path()),
+    ]);
+    assert!(subject.stdout.contains("G2"), "{}", subject.stdout);
+
+    // The root: the new key goes to --root-key-out (0600), not into the database.
+    ca.server(&[
+        "ca",
+        "rotate",
+        "--root",
+        "--delay",
+        "1s",
+        "--overlap",
+        "1h",
+        "--root-key",
+        s(&old_key),
+        "--root-key-out",
+        s(&new_key),
+    ])
+    .expect_code(0);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&new_key)
+            .expect("new key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    std::thread::sleep(ACTIVATION);
+    assert_eq!(state(&ca, "root.2"), "active");
+    assert_eq!(
+        state(&ca, "root"),
+        "retiring",
+        "in its overlap: superseded, still published"
+    );
+    assert_eq!(state(&ca, "dev.3"), "active", "dev under the new root");
+    // Only the active root's key signs now.
+    ca.server(&[
+        "ca",
+        "rotate",
+        "--env",
+        "prod",
+        "--delay",
+        "1s",
+        "--root-key",
+        s(&old_key),
+    ])
+    .refused("holds the key of root, not of the active root root.2");
+    assert_eq!(state(&ca, "prod.3"), "absent");
+    ca.server(&[
+        "ca",
+        "rotate",
+        "--env",
+        "prod",
+        "--delay",
+        "1s",
+        "--root-key",
+        s(&new_key),
+    ])
+    .expect_code(0);
+    std::thread::sleep(ACTIVATION);
+    assert_eq!(state(&ca, "prod.3"), "active");
+
+    // A compromise under the new root: its CRL, made with the offline key, lists the old one.
+    let dev3 = list(&ca)
+        .into_iter()
+        .find(|a| a["id"] == "dev.3")
+        .expect("dev.3");
+    ca.server(&[
+        "ca",
+        "rotate",
+        "--env",
+        "dev",
+        "--compromised",
+        "--root-key",
+        s(&new_key),
+    ])
+    .expect_code(0);
+    assert_eq!(state(&ca, "dev.3"), "revoked");
+    assert_eq!(state(&ca, "dev.4"), "active");
+    let crl = ca.path("root.crl.pem");
+    ca.server(&["crl", "--root", "--root-key", s(&new_key), "--out", s(&crl)])
+        .expect_code(0);
+    let root2 = list(&ca)
+        .into_iter()
+        .find(|a| a["id"] == "root.2")
+        .expect("root.2");
+    let bundle = ca.path("bundle.pem");
+    ca.server(&["bundle", "--env", "dev", "--out", s(&bundle)])
+        .expect_code(0);
+    let bundle_text = std::fs::read_to_string(&bundle).expect("bundle");
+    let root2_pem = pem_certs(&bundle_text)
+        .into_iter()
+        .find(|c| fingerprint(c) == root2["fingerprint"].as_str().unwrap_or("").to_lowercase())
+        .expect("root.2 in the bundle");
+    let text = openssl([
+        "crl",
+        "-in",
+        s(&crl),
+        "-CAfile",
+        s(scratch(&root2_pem).path()),
+        "-noout",
+        "-text",
+    ]);
+    let all = format!("{}{}", text.stdout, text.stderr);
+    assert!(all.contains("verify OK"), "{all}");
+    let serial = dev3["serial"].as_str().expect("serial").to_uppercase();
+    assert!(
+        all.to_uppercase().replace(':', "").contains(&serial),
+        "the root CRL lists dev.3 ({serial}): {all}"
+    );
+}
+
 fn openssl_crl_text(pem: &str) -> String {
     let f = scratch(pem);
     openssl(["crl", "-noout", "-text", "-in", s(f.path())])

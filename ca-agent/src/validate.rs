@@ -301,7 +301,13 @@ mod tests {
     use super::*;
 
     /// A root (same name for every generation) and its key.
-    fn root_gen(cn: &str) -> (rcgen::CertificateParams, rcgen::KeyPair, CertificateDer<'static>) {
+    fn root_gen(
+        cn: &str,
+    ) -> (
+        rcgen::CertificateParams,
+        rcgen::KeyPair,
+        CertificateDer<'static>,
+    ) {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -347,7 +353,10 @@ mod tests {
         // A link for another key does not vouch for root 2.
         let (_, k4, _) = root_gen("Example Root CA");
         let other = p2
-            .signed_by(&k4, &rcgen::Issuer::new(p1, rcgen::KeyPair::generate().expect("key")))
+            .signed_by(
+                &k4,
+                &rcgen::Issuer::new(p1, rcgen::KeyPair::generate().expect("key")),
+            )
             .expect("other")
             .der()
             .clone();

@@ -326,12 +326,19 @@ impl TestCa {
 
     /// Initialised with the example policy and a passphrase file.
     pub fn init_sealed(passphrase: &str) -> TestCa {
+        TestCa::init_sealed_with(passphrase, &[])
+    }
+
+    /// [`TestCa::init_sealed`] with more `init` arguments (e.g. `--root-key-out FILE`).
+    pub fn init_sealed_with(passphrase: &str, extra: &[&str]) -> TestCa {
         let mut ca = TestCa::new();
         let pf = ca.tmp.path().join("passphrase");
         std::fs::write(&pf, format!("{passphrase}\n")).expect("write passphrase");
         ca.passphrase_file = Some(pf);
-        ca.server(&["init", "--policy", example_policy().to_str().expect("utf8")])
-            .expect_code(0);
+        let policy = example_policy();
+        let mut args = vec!["init", "--policy", s(&policy)];
+        args.extend_from_slice(extra);
+        ca.server(&args).expect_code(0);
         ca
     }
 

@@ -63,9 +63,10 @@ pub(super) struct ListArgs {
     json: bool,
 }
 
-/// Reads the key of root `root_id` from a file written by `init --root-key-out` (or a root
-/// rotation's `--root-key-out`), unsealing it with the CA passphrase.
-pub(super) fn read_root_key(cli: &Cli, path: &Path, root_id: &str) -> CliResult<CaKey> {
+/// Reads the active root's key from a file written by `init --root-key-out` (or a root
+/// rotation's `--root-key-out`), unsealing it with the CA passphrase. A file holding another
+/// root's key is named as such.
+pub(super) fn read_root_key(cli: &Cli, ca: &Ca, path: &Path) -> CliResult<CaKey> {
     let text = Zeroizing::new(
         fs::read_to_string(path).map_err(|e| io_err("cannot read root key", path, e))?,
     );
@@ -79,8 +80,26 @@ pub(super) fn read_root_key(cli: &Cli, path: &Path, root_id: &str) -> CliResult<
             )
         })?;
     let pass = read_passphrase(cli)?;
-    let pkcs8 = crate::sealed::open(root_id, stored, pass.as_ref())?;
-    Ok(CaKey::from_pkcs8(&pkcs8)?)
+    let active = active_root_id(ca);
+    match crate::sealed::open(&active, stored, pass.as_ref()) {
+        Ok(pkcs8) => Ok(CaKey::from_pkcs8(&pkcs8)?),
+        Err(e) => {
+            // Sealed keys are bound to their root's id: find out whether it is another root's.
+            for other in ca.root_ids().iter().filter(|id| **id != active) {
+                if crate::sealed::open(other, stored, pass.as_ref()).is_ok() {
+                    return Err(CliError::new(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "{} holds the key of {other}, not of the active root {active}: give \
+                             the root key written by the last root rotation",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// The id of the root that is active now.
@@ -112,7 +131,7 @@ pub(super) async fn ca_rotate(cli: &Cli, a: &RotateArgs) -> CliResult<()> {
         }
     }
     let root_key = match &a.root_key {
-        Some(path) => Some(read_root_key(cli, path, &active_root_id(&ca))?),
+        Some(path) => Some(read_root_key(cli, &ca, path)?),
         None => None,
     };
     let delay = match (&a.delay, &a.config) {

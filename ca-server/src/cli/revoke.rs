@@ -247,7 +247,7 @@ pub(super) async fn crl(cli: &Cli, a: &CrlArgs) -> CliResult<()> {
         (None, true, None) => ca.build_crl(&super::ca::active_root_id(&ca)).await?,
         (None, true, Some(path)) => {
             let root_id = super::ca::active_root_id(&ca);
-            let key = super::ca::read_root_key(cli, path, &root_id)?;
+            let key = super::ca::read_root_key(cli, &ca, path)?;
             let root = ca
                 .store()
                 .authority(&root_id)

@@ -347,6 +347,16 @@ impl Ca {
             .collect()
     }
 
+    /// The ids of every root generation.
+    pub fn root_ids(&self) -> Vec<String> {
+        self.authorities()
+            .all
+            .iter()
+            .filter(|a| a.kind == AuthorityKind::Root)
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
     /// Whether the active root's key is kept offline.
     pub fn active_root_offline(&self) -> bool {
         self.authorities()
