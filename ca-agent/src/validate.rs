@@ -332,15 +332,20 @@ mod tests {
             .clone();
         let bundle = vec![r1.clone(), r2.clone()];
         assert_eq!(
-            linked_roots(&[r1.clone()], &bundle, &[link.clone()], now),
+            linked_roots(
+                std::slice::from_ref(&r1),
+                &bundle,
+                std::slice::from_ref(&link),
+                now
+            ),
             vec![r2.clone()]
         );
         assert!(
-            linked_roots(&[r1.clone()], &bundle, &[], now).is_empty(),
+            linked_roots(std::slice::from_ref(&r1), &bundle, &[], now).is_empty(),
             "no link, no trust"
         );
         assert!(
-            linked_roots(&[r1.clone(), r2.clone()], &bundle, &[link.clone()], now).is_empty(),
+            linked_roots(&bundle, &bundle, std::slice::from_ref(&link), now).is_empty(),
             "nothing new"
         );
         // A link signed by a root that is not trusted proves nothing.
@@ -349,7 +354,7 @@ mod tests {
             .expect("forged")
             .der()
             .clone();
-        assert!(linked_roots(&[r1.clone()], &bundle, &[forged], now).is_empty());
+        assert!(linked_roots(std::slice::from_ref(&r1), &bundle, &[forged], now).is_empty());
         // A link for another key does not vouch for root 2.
         let (_, k4, _) = root_gen("Example Root CA");
         let other = p2
