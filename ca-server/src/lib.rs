@@ -5,6 +5,7 @@
 //! [`policy`] and [`authority`] are pure; only [`store`] speaks SQL.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod api;
 pub mod authority;
 pub mod cli;

@@ -335,6 +335,13 @@ impl RevocationReason {
         }
     }
 
+    /// The reason with CRLReason code `code`, if this CA uses it.
+    pub fn from_code(code: u64) -> Option<RevocationReason> {
+        RevocationReason::ALL
+            .into_iter()
+            .find(|r| u64::from(r.code()) == code)
+    }
+
     /// The CRLReason code.
     pub fn code(self) -> u8 {
         match self {

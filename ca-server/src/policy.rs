@@ -49,6 +49,23 @@ pub struct Environment {
     pub max_ttl: Duration,
     /// Whether multi-use CI tokens may be minted for this environment.
     pub ci: bool,
+    /// Whether this environment has an ACME directory, and who may register with it.
+    pub acme: AcmeMode,
+}
+
+/// Who may register with an environment's ACME directory (`acme` in the policy).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AcmeMode {
+    /// No ACME directory (the default: deny by default).
+    #[default]
+    Off,
+    /// Only accounts bound with an External Account Binding key, which names their service.
+    ExternalAccountRequired,
+    /// Any account, acting as `service`; EAB keys still bind their own service.
+    Open {
+        /// The service an account without EAB acts as (`acme_service`).
+        service: String,
+    },
 }
 
 /// One service and what it may be issued.
@@ -205,6 +222,12 @@ struct EnvironmentFile {
     max_ttl: HumanDuration,
     #[serde(default)]
     ci: bool,
+    /// "off" (default), "eab" or "open".
+    #[serde(default)]
+    acme: Option<String>,
+    /// The service accounts without EAB act as ("open" only).
+    #[serde(default)]
+    acme_service: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +334,7 @@ impl Policy {
                     default_ttl: e.default_ttl.0,
                     max_ttl: e.max_ttl.0,
                     ci: e.ci,
+                    acme: AcmeMode::Off,
                 },
             );
         }
@@ -379,6 +403,50 @@ impl Policy {
                     wildcards: s.wildcards,
                 },
             );
+        }
+
+        for (name, e) in &raw.environments {
+            let key = format!("environments.{name}");
+            let mode = match (e.acme.as_deref(), &e.acme_service) {
+                (None | Some("off"), None) => AcmeMode::Off,
+                (Some("eab"), None) => AcmeMode::ExternalAccountRequired,
+                (Some("open"), Some(service)) => {
+                    if !services
+                        .get(service)
+                        .is_some_and(|s: &Service| s.environments.contains(name))
+                    {
+                        return Err(err(
+                            format!("{key}.acme_service"),
+                            format!("no service {service:?} in environment {name:?}"),
+                        ));
+                    }
+                    AcmeMode::Open {
+                        service: service.clone(),
+                    }
+                }
+                (Some("open"), None) => {
+                    return Err(err(
+                        format!("{key}.acme_service"),
+                        "required with acme = \"open\": the service accounts without EAB act as"
+                            .into(),
+                    ));
+                }
+                (Some("off" | "eab"), Some(_)) | (None, Some(_)) => {
+                    return Err(err(
+                        format!("{key}.acme_service"),
+                        "only with acme = \"open\" (EAB keys name their own service)".into(),
+                    ));
+                }
+                (Some(other), _) => {
+                    return Err(err(
+                        format!("{key}.acme"),
+                        format!("{other:?} is not one of \"off\", \"eab\", \"open\""),
+                    ));
+                }
+            };
+            if let Some(env) = environments.get_mut(name) {
+                env.acme = mode;
+            }
         }
 
         let mut admins = Vec::new();

@@ -71,6 +71,8 @@ pub struct ServeConfig {
     /// How long a new intermediate is published in the bundles before it issues, so that every
     /// peer has fetched it first (longer than the agents' `bundle_refresh`).
     pub rotation_delay: HumanDuration,
+    /// The ACME server (`[acme]`): its public base URL, and where validation may connect.
+    pub acme: crate::acme::AcmeConfig,
     /// The policy file this server serves (from the command line; not a config key).
     #[serde(skip)]
     pub policy_file: Option<std::path::PathBuf>,
@@ -97,6 +99,7 @@ impl Default for ServeConfig {
             job_lease: HumanDuration(Duration::seconds(60)),
             auto_rotate_before: None,
             rotation_delay: HumanDuration(Duration::hours(2)),
+            acme: crate::acme::AcmeConfig::default(),
             policy_file: None,
         }
     }
@@ -179,6 +182,12 @@ impl ServeConfig {
                     .into(),
             );
         }
+        self.acme.validator()?;
+        if let Some(u) = &self.acme.base_url
+            && (!u.starts_with("https://") || u.ends_with('/'))
+        {
+            return Err("acme.base_url: an https:// URL without a trailing slash".into());
+        }
         self.database.validate()
     }
 
@@ -207,6 +216,9 @@ pub enum ServeError {
     /// The periodic-job scheduler failed.
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// A setting is unusable.
+    #[error("config: {0}")]
+    Config(String),
     /// The listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -506,11 +518,28 @@ pub async fn serve(
         addr: cfg.listen,
         source,
     })?;
+    let acme = Arc::new(crate::acme::AcmeServer {
+        ca: ca.clone(),
+        base_url: cfg.acme.base_url.clone().unwrap_or_else(|| {
+            let host = cfg.server_names.first().map_or_else(
+                || "localhost".to_string(),
+                |n| match n.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V6(_)) => format!("[{n}]"),
+                    _ => n.clone(),
+                },
+            );
+            format!("https://{host}:{}", addr.port())
+        }),
+        validator: cfg.acme.validator().map_err(ServeError::Config)?,
+        website: cfg.acme.website.clone(),
+        terms_of_service: cfg.acme.terms_of_service.clone(),
+    });
     let app = api::router(AppState {
         ca: ca.clone(),
         metrics,
         max_body: cfg.max_body_bytes,
-    });
+    })
+    .nest_service("/acme", crate::acme::routes::router(acme));
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -759,6 +788,11 @@ async fn start_scheduler(
                 period,
                 "scheduled CRL refresh"
             );
+            match ca.store().acme_prune_nonces(ca.now_unix()).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "expired ACME nonces deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "ACME nonce pruning failed"),
+            }
             match ca.prune_tokens().await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "expired enrollment tokens deleted"),
                 Ok(_) => {}

@@ -18,6 +18,7 @@ use crate::sealed::Passphrase;
 use crate::service::{Ca, CaOptions};
 use crate::store::{PgSettings, PgStore, SqliteStore, Store};
 
+mod acme;
 mod audit;
 mod backup;
 mod ca;
@@ -29,6 +30,7 @@ mod revoke;
 mod serve;
 mod tokens;
 
+use acme::{AcmeCommand, acme};
 use audit::{AuditArgs, audit};
 use backup::{BackupArgs, RestoreArgs, backup, restore};
 use ca::{CaCommand, ca_list, ca_rotate};
@@ -100,6 +102,9 @@ enum Command {
     Revoke(RevokeArgs),
     /// Issue a CRL now and write it to a file.
     Crl(CrlArgs),
+    /// The ACME server: External Account Binding keys and accounts.
+    #[command(subcommand)]
+    Acme(AcmeCommand),
     /// Rotate CA certificates (intermediates, the root) and list their states.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -214,6 +219,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Token(TokenCommand::Revoke(a)) => token_revoke(&cli, a).await,
         Command::Revoke(a) => revoke(&cli, a).await,
         Command::Crl(a) => crl(&cli, a).await,
+        Command::Acme(c) => acme(&cli, c).await,
         Command::Ca(CaCommand::Rotate(a)) => ca_rotate(&cli, a).await,
         Command::Ca(CaCommand::List(a)) => ca_list(&cli, a).await,
         Command::Backup(a) => backup(&cli, a).await,

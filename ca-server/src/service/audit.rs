@@ -81,6 +81,16 @@ impl Ca {
         Ok(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// A secret for `label` derived from the CA's sealed audit secret (HMAC-SHA256 with a
+    /// domain-separating label): the same on every server sharing the database, and never
+    /// stored (ACME External Account Binding MAC keys).
+    pub async fn derive_secret(&self, label: &str) -> Result<Vec<u8>, ServiceError> {
+        let key = self.audit_key().await?;
+        Ok(hmac::sign(&key, format!("derive:{label}").as_bytes())
+            .as_ref()
+            .to_vec())
+    }
+
     /// Signs the current end of the audit chain and records it.
     pub async fn audit_checkpoint(&self) -> Result<AuditCheckpoint, ServiceError> {
         let key = self.audit_key().await?;

@@ -812,6 +812,7 @@ impl Ca {
 fn action_of(via: IssuedVia) -> &'static str {
     match via {
         IssuedVia::Cli => "issue",
+        IssuedVia::Acme => "acme-finalize",
         IssuedVia::Enroll => "enroll",
         IssuedVia::Renew => "renew",
         IssuedVia::Server => "server-cert",

@@ -412,6 +412,12 @@ impl Ca {
         )
     }
 
+    /// [`Ca::chain_tail`] of authority `issuer_id`, if it is known.
+    pub fn chain_tail_of(&self, issuer_id: &str) -> Option<String> {
+        let auth = self.authorities();
+        auth.get(issuer_id).map(|a| self.chain_tail(a))
+    }
+
     /// Whether the holder of certificate `serial` should renew at once, and why.
     pub async fn renew_hint(
         &self,

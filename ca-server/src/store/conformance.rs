@@ -2,10 +2,10 @@
 //! Panics (with a message naming the broken invariant) on the first failure.
 
 use super::{
-    AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings, CertStatus,
-    CertificateFilter, CertificateRecord, CrlDraft, CrossCertificate, Issuance, IssuedVia,
-    IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord,
-    TokenUse,
+    AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord,
+    CaSettings, CertStatus, CertificateFilter, CertificateRecord, CrlDraft, CrossCertificate,
+    Issuance, IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store,
+    StoreError, TokenRecord, TokenUse,
 };
 use crate::pki::Serial;
 
@@ -316,6 +316,180 @@ pub async fn run(store: &dyn Store) {
     policy(store).await;
     audit_chain(store).await;
     rotation(store, now).await;
+    acme(store, now).await;
+}
+
+/// The ACME rows: single-use nonces, accounts unique per key and environment, EAB keys spent
+/// once with the account, orders written with a version check.
+async fn acme(store: &dyn Store, now: i64) {
+    store.acme_put_nonce("n1", now + 10).await.expect("nonce");
+    store.acme_put_nonce("n2", now - 1).await.expect("nonce");
+    assert!(store.acme_take_nonce("n1", now).await.expect("take"));
+    assert!(
+        !store.acme_take_nonce("n1", now).await.expect("take"),
+        "single use"
+    );
+    assert!(
+        !store.acme_take_nonce("n2", now).await.expect("take"),
+        "expired"
+    );
+    assert!(!store.acme_take_nonce("nope", now).await.expect("take"));
+    store.acme_put_nonce("n3", now - 5).await.expect("nonce");
+    assert_eq!(store.acme_prune_nonces(now).await.expect("prune"), 1);
+
+    let eab = AcmeEabKey {
+        kid: "kid1".into(),
+        env: "staging".into(),
+        service: "api".into(),
+        created_at: now,
+        expires_at: now + 100,
+        created_by: "cli:tester".into(),
+        used_at: None,
+        account_id: None,
+    };
+    store
+        .acme_create_eab(&eab, &audit("acme-eab-create", now, None))
+        .await
+        .expect("eab");
+    assert_eq!(
+        store.acme_eab("kid1").await.expect("eab"),
+        Some(eab.clone())
+    );
+    let account = |id: &str, thumb: &str, kid: Option<&str>| AcmeAccount {
+        id: id.into(),
+        env: "staging".into(),
+        service: "api".into(),
+        jwk: format!("{{\"k\":\"{thumb}\"}}"),
+        thumbprint: thumb.into(),
+        status: "valid".into(),
+        contact: vec!["mailto:ops@example.com".into()],
+        eab_kid: kid.map(str::to_string),
+        created_at: now,
+    };
+    let a1 = account("a1", "t1", Some("kid1"));
+    store
+        .acme_create_account(&a1, &audit("acme-account", now, None))
+        .await
+        .expect("account");
+    assert_eq!(
+        store.acme_account("a1").await.expect("get"),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        store
+            .acme_eab("kid1")
+            .await
+            .expect("eab")
+            .and_then(|k| k.account_id),
+        Some("a1".into())
+    );
+    match store
+        .acme_create_account(
+            &account("a2", "t2", Some("kid1")),
+            &audit("acme-account", now, None),
+        )
+        .await
+    {
+        Err(StoreError::TokenUsedUp(_)) => {}
+        other => panic!("an EAB key binds one account, got {other:?}"),
+    }
+    assert_eq!(store.acme_account("a2").await.expect("get"), None);
+    match store
+        .acme_create_account(
+            &account("a3", "t1", None),
+            &audit("acme-account", now, None),
+        )
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("one account per key and environment, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .acme_account_by_key("staging", "t1")
+            .await
+            .expect("by key"),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        store
+            .acme_account_by_key("dev", "t1")
+            .await
+            .expect("by key"),
+        None
+    );
+    let a4 = account("a4", "t4", None);
+    store
+        .acme_create_account(&a4, &audit("acme-account", now, None))
+        .await
+        .expect("account");
+    let mut moved = a4.clone();
+    moved.thumbprint = "t1".into();
+    match store
+        .acme_update_account(&moved, &audit("acme-key-change", now, None))
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a key of another account, got {other:?}"),
+    }
+    let mut off = a4.clone();
+    off.status = "deactivated".into();
+    store
+        .acme_update_account(&off, &audit("acme-account-update", now, None))
+        .await
+        .expect("update");
+    assert_eq!(store.acme_account("a4").await.expect("get"), Some(off));
+    assert_eq!(
+        store
+            .acme_accounts(Some("staging"))
+            .await
+            .expect("list")
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        ["a1", "a4"]
+    );
+    assert!(
+        store
+            .acme_accounts(Some("dev"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    let order = AcmeOrderRow {
+        id: "o1".into(),
+        account_id: "a1".into(),
+        env: "staging".into(),
+        status: "pending".into(),
+        expires_at: now + 100,
+        document: "{}".into(),
+        version: 1,
+        cert_serial: None,
+        created_at: now,
+    };
+    store.acme_create_order(&order).await.expect("order");
+    let mut next = order.clone();
+    next.version = 2;
+    next.status = "valid".into();
+    next.cert_serial = Some("c0ffee".into());
+    assert!(store.acme_save_order(&next, 1).await.expect("save"));
+    let mut stale = order.clone();
+    stale.version = 2;
+    stale.status = "invalid".into();
+    assert!(
+        !store.acme_save_order(&stale, 1).await.expect("save"),
+        "a write based on an old version loses"
+    );
+    assert_eq!(
+        store.acme_order("o1").await.expect("get"),
+        Some(next.clone())
+    );
+    assert_eq!(
+        store.acme_order_by_cert("c0ffee").await.expect("get"),
+        Some(next)
+    );
+    assert_eq!(store.acme_orders_of("a1").await.expect("of"), ["o1"]);
 }
 
 /// Generations of authorities: one new generation per rotation, cross-certificates, retirement,

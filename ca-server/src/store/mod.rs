@@ -4,6 +4,7 @@
 //! certificate row and its audit entry commit together, before the certificate leaves the CA; the
 //! audit log is append-only. [`conformance`] checks them for any backend.
 
+mod acme;
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
 #[macro_use]
@@ -11,6 +12,7 @@ mod sql;
 mod postgres;
 mod sqlite;
 
+pub use acme::{AcmeAccount, AcmeEabKey, AcmeOrderRow};
 pub use postgres::{PgSettings, PgStore, redact_url};
 
 /// Whether `url` names a PostgreSQL database (else a SQLite data directory is meant).
@@ -385,6 +387,8 @@ pub enum IssuedVia {
     Renew,
     /// The CA server's own HTTPS certificate.
     Server,
+    /// An order finalized through the ACME server.
+    Acme,
 }
 
 impl IssuedVia {
@@ -392,6 +396,7 @@ impl IssuedVia {
     pub fn as_str(self) -> &'static str {
         match self {
             IssuedVia::Cli => "cli",
+            IssuedVia::Acme => "acme",
             IssuedVia::Enroll => "enroll",
             IssuedVia::Renew => "renew",
             IssuedVia::Server => "server",
@@ -401,6 +406,7 @@ impl IssuedVia {
     fn parse(s: &str) -> Option<IssuedVia> {
         match s {
             "cli" => Some(IssuedVia::Cli),
+            "acme" => Some(IssuedVia::Acme),
             "enroll" => Some(IssuedVia::Enroll),
             "renew" => Some(IssuedVia::Renew),
             "server" => Some(IssuedVia::Server),
@@ -779,6 +785,57 @@ pub trait Store: Send + Sync {
     ) -> Result<std::collections::BTreeMap<String, IssuerLeaves>, StoreError>;
     /// Every cross-certificate.
     async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StoreError>;
+    /// Stores a fresh ACME nonce.
+    async fn acme_put_nonce(&self, nonce: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Uses up an ACME nonce: `true` if it existed and had not expired (it is gone either way).
+    async fn acme_take_nonce(&self, nonce: &str, now: i64) -> Result<bool, StoreError>;
+    /// Deletes nonces expired by `now`; returns how many.
+    async fn acme_prune_nonces(&self, now: i64) -> Result<u64, StoreError>;
+    /// Creates an account with its audit entry, spending its EAB key (unused, unexpired at
+    /// `account.created_at`, same environment) in the same transaction: `TokenUsedUp` when the
+    /// key cannot be spent, `Conflict` when the environment has an account with this key.
+    async fn acme_create_account(
+        &self,
+        account: &AcmeAccount,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// One account by id.
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccount>, StoreError>;
+    /// The account of `env` with key thumbprint `thumbprint`.
+    async fn acme_account_by_key(
+        &self,
+        env: &str,
+        thumbprint: &str,
+    ) -> Result<Option<AcmeAccount>, StoreError>;
+    /// Rewrites an account's status, contact and key, with its audit entry; `Conflict` when the
+    /// new key belongs to another account of the environment.
+    async fn acme_update_account(
+        &self,
+        account: &AcmeAccount,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Accounts, of one environment or all, oldest first.
+    async fn acme_accounts(&self, env: Option<&str>) -> Result<Vec<AcmeAccount>, StoreError>;
+    /// Stores an EAB key with its audit entry.
+    async fn acme_create_eab(&self, key: &AcmeEabKey, audit: &AuditEntry)
+    -> Result<(), StoreError>;
+    /// One EAB key.
+    async fn acme_eab(&self, kid: &str) -> Result<Option<AcmeEabKey>, StoreError>;
+    /// Stores a new order (version as given).
+    async fn acme_create_order(&self, order: &AcmeOrderRow) -> Result<(), StoreError>;
+    /// One order.
+    async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrderRow>, StoreError>;
+    /// Replaces an order if its stored version is still `expected` (then stores
+    /// `order.version`); `false` when another write got there first.
+    async fn acme_save_order(
+        &self,
+        order: &AcmeOrderRow,
+        expected: i64,
+    ) -> Result<bool, StoreError>;
+    /// The ids of an account's orders, oldest first.
+    async fn acme_orders_of(&self, account_id: &str) -> Result<Vec<String>, StoreError>;
+    /// The order that produced certificate `serial`.
+    async fn acme_order_by_cert(&self, serial: &str) -> Result<Option<AcmeOrderRow>, StoreError>;
     /// Reserves several serials in one transaction, durable on return; `Conflict` (and nothing
     /// reserved) if any of them was ever used.
     async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError>;

@@ -13,10 +13,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{
-    AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings,
-    CertStatus, CertificateFilter, CertificateRecord, ChainedAudit, ChangeHook, CheckpointSigner,
-    CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim,
-    NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
+    AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind,
+    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord, ChainedAudit,
+    ChangeHook, CheckpointSigner, CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance,
+    IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError,
+    TokenRecord, sql,
 };
 use crate::duration::HumanDuration;
 use crate::pki::Serial;

@@ -151,6 +151,36 @@ macro_rules! sql_store {
             Ok(())
         }
 
+        fn acme_account_from_row(r: &DbRow) -> Result<AcmeAccount, StoreError> {
+            use sqlx::Row;
+            Ok(AcmeAccount {
+                id: r.try_get("id")?,
+                env: r.try_get("env")?,
+                service: r.try_get("service")?,
+                jwk: r.try_get("jwk")?,
+                thumbprint: r.try_get("thumbprint")?,
+                status: r.try_get("status")?,
+                contact: sql::parse_list("contact", &r.try_get::<String, _>("contact")?)?,
+                eab_kid: r.try_get("eab_kid")?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
+        fn acme_order_from_row(r: &DbRow) -> Result<AcmeOrderRow, StoreError> {
+            use sqlx::Row;
+            Ok(AcmeOrderRow {
+                id: r.try_get("id")?,
+                account_id: r.try_get("account_id")?,
+                env: r.try_get("env")?,
+                status: r.try_get("status")?,
+                expires_at: r.try_get("expires_at")?,
+                document: r.try_get("document")?,
+                version: r.try_get("version")?,
+                cert_serial: r.try_get("cert_serial")?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
         fn certificate_from_row(r: &DbRow) -> Result<CertificateRecord, StoreError> {
             use sqlx::Row;
             let via: String = r.try_get("issued_via")?;
@@ -555,6 +585,265 @@ macro_rules! sql_store {
                         ))
                     })
                     .collect()
+            }
+
+            async fn acme_put_nonce(&self, nonce: &str, expires_at: i64) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2)")
+                    .bind(nonce)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn acme_take_nonce(&self, nonce: &str, now: i64) -> Result<bool, StoreError> {
+                let rows: Vec<i64> = sqlx::query_scalar(
+                    "DELETE FROM acme_nonces WHERE nonce = $1 RETURNING expires_at",
+                )
+                .bind(nonce)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.first().is_some_and(|exp| *exp > now))
+            }
+
+            async fn acme_prune_nonces(&self, now: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM acme_nonces WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn acme_create_account(
+                &self,
+                a: &AcmeAccount,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if let Some(kid) = &a.eab_kid {
+                    let spent = sqlx::query(
+                        "UPDATE acme_eab_keys SET used_at = $1, account_id = $2 \
+                         WHERE kid = $3 AND env = $4 AND used_at IS NULL AND expires_at > $1",
+                    )
+                    .bind(a.created_at)
+                    .bind(&a.id)
+                    .bind(kid)
+                    .bind(&a.env)
+                    .execute(&mut *tx)
+                    .await?;
+                    if spent.rows_affected() != 1 {
+                        return Err(StoreError::TokenUsedUp(kid.clone()));
+                    }
+                }
+                let res = sqlx::query(
+                    "INSERT INTO acme_accounts (id, env, service, jwk, thumbprint, status, contact, \
+                     eab_kid, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&a.id)
+                .bind(&a.env)
+                .bind(&a.service)
+                .bind(&a.jwk)
+                .bind(&a.thumbprint)
+                .bind(&a.status)
+                .bind(sql::json_list(&a.contact))
+                .bind(&a.eab_kid)
+                .bind(a.created_at)
+                .execute(&mut *tx)
+                .await;
+                match res {
+                    Err(e) if sql::unique_violation(&e) => {
+                        return Err(StoreError::Conflict(
+                            "an account with this key exists already".into(),
+                        ));
+                    }
+                    r => {
+                        r?;
+                    }
+                }
+                append_one(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccount>, StoreError> {
+                let row = sqlx::query("SELECT * FROM acme_accounts WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(acme_account_from_row).transpose()
+            }
+
+            async fn acme_account_by_key(
+                &self,
+                env: &str,
+                thumbprint: &str,
+            ) -> Result<Option<AcmeAccount>, StoreError> {
+                let row =
+                    sqlx::query("SELECT * FROM acme_accounts WHERE env = $1 AND thumbprint = $2")
+                        .bind(env)
+                        .bind(thumbprint)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.as_ref().map(acme_account_from_row).transpose()
+            }
+
+            async fn acme_update_account(
+                &self,
+                a: &AcmeAccount,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE acme_accounts SET status = $1, contact = $2, jwk = $3, thumbprint = $4 \
+                     WHERE id = $5",
+                )
+                .bind(&a.status)
+                .bind(sql::json_list(&a.contact))
+                .bind(&a.jwk)
+                .bind(&a.thumbprint)
+                .bind(&a.id)
+                .execute(&mut *tx)
+                .await;
+                match res {
+                    Err(e) if sql::unique_violation(&e) => {
+                        return Err(StoreError::Conflict(
+                            "another account uses this key".into(),
+                        ));
+                    }
+                    Ok(done) if done.rows_affected() != 1 => {
+                        return Err(StoreError::NotFound(format!("no account {}", a.id)));
+                    }
+                    r => {
+                        r?;
+                    }
+                }
+                append_one(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn acme_accounts(&self, env: Option<&str>) -> Result<Vec<AcmeAccount>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM acme_accounts WHERE ($1 IS NULL OR env = $1) ORDER BY created_at, id",
+                )
+                .bind(env)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(acme_account_from_row).collect()
+            }
+
+            async fn acme_create_eab(
+                &self,
+                k: &AcmeEabKey,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO acme_eab_keys (kid, env, service, created_at, expires_at, created_by, \
+                     used_at, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&k.kid)
+                .bind(&k.env)
+                .bind(&k.service)
+                .bind(k.created_at)
+                .bind(k.expires_at)
+                .bind(&k.created_by)
+                .bind(k.used_at)
+                .bind(&k.account_id)
+                .execute(&mut *tx)
+                .await?;
+                append_one(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn acme_eab(&self, kid: &str) -> Result<Option<AcmeEabKey>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT * FROM acme_eab_keys WHERE kid = $1")
+                    .bind(kid)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| -> Result<AcmeEabKey, StoreError> {
+                    Ok(AcmeEabKey {
+                        kid: r.try_get("kid")?,
+                        env: r.try_get("env")?,
+                        service: r.try_get("service")?,
+                        created_at: r.try_get("created_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                        created_by: r.try_get("created_by")?,
+                        used_at: r.try_get("used_at")?,
+                        account_id: r.try_get("account_id")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn acme_create_order(&self, o: &AcmeOrderRow) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO acme_orders (id, account_id, env, status, expires_at, document, \
+                     version, cert_serial, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&o.id)
+                .bind(&o.account_id)
+                .bind(&o.env)
+                .bind(&o.status)
+                .bind(o.expires_at)
+                .bind(&o.document)
+                .bind(o.version)
+                .bind(&o.cert_serial)
+                .bind(o.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrderRow>, StoreError> {
+                let row = sqlx::query("SELECT * FROM acme_orders WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(acme_order_from_row).transpose()
+            }
+
+            async fn acme_save_order(
+                &self,
+                o: &AcmeOrderRow,
+                expected: i64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE acme_orders SET status = $1, expires_at = $2, document = $3, \
+                     version = $4, cert_serial = $5 WHERE id = $6 AND version = $7",
+                )
+                .bind(&o.status)
+                .bind(o.expires_at)
+                .bind(&o.document)
+                .bind(o.version)
+                .bind(&o.cert_serial)
+                .bind(&o.id)
+                .bind(expected)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn acme_orders_of(&self, account_id: &str) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT id FROM acme_orders WHERE account_id = $1 ORDER BY created_at, id",
+                )
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn acme_order_by_cert(
+                &self,
+                serial: &str,
+            ) -> Result<Option<AcmeOrderRow>, StoreError> {
+                let row = sqlx::query("SELECT * FROM acme_orders WHERE cert_serial = $1")
+                    .bind(serial)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(acme_order_from_row).transpose()
             }
 
             async fn cross_certificates(&self) -> Result<Vec<CrossCertificate>, StoreError> {

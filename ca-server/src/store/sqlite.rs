@@ -13,10 +13,10 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 use super::{
-    AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord, CaSettings,
-    CertStatus, CertificateFilter, CertificateRecord, ChainedAudit, CheckpointSigner, CrlDraft,
-    CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim,
-    NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
+    AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind,
+    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord, ChainedAudit,
+    CheckpointSigner, CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia,
+    IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
 };
 use crate::pki::Serial;
 
