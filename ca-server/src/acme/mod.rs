@@ -18,6 +18,9 @@ pub mod jws;
 pub mod routes;
 pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -740,7 +740,11 @@ async fn tls_connect(
         .connect(name, tcp)
         .await
         .map_err(|e| {
-            let offered = if alpn_offered { " offering acme-tls/1" } else { "" };
+            let offered = if alpn_offered {
+                " offering acme-tls/1"
+            } else {
+                ""
+            };
             fail(
                 ChallengeErrorKind::Tls,
                 format!("TLS handshake with {host}{offered} failed: {e}"),
