@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs the system tools the tests drive (openssl, curl, nginx, pebble with
-# pebble-challtestsrv as the ACME peer, PostgreSQL's server without a system cluster), then runs every
-# test of the workspace and a short fuzzing run. Exits non-zero on any failure.
+# pebble-challtestsrv as the ACME peer, certbot and lego as ACME clients, PostgreSQL's server without
+# a system cluster), then runs every test of the workspace and a short fuzzing run. Exits non-zero on
+# any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null 2>&1 || need+=(pebble)
+# Real ACME clients driven against our ACME server (tests/e2e_acme_server.rs).
+command -v certbot >/dev/null 2>&1 || need+=(certbot)
+command -v lego >/dev/null 2>&1 || need+=(lego)
 # PostgreSQL's server for the throwaway clusters of tests/support/postgres.rs (initdb in a temp dir).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # setpriv runs PostgreSQL as nobody when the tests run as root (it refuses to run as root).

@@ -233,6 +233,9 @@ pub struct LeafSpec<'a> {
     pub not_after: OffsetDateTime,
     /// Revocation URLs, when a public URL is configured.
     pub urls: Option<&'a DistributionUrls>,
+    /// The subject CN when it is not the service name: ACME clients read the names to renew
+    /// from the certificate, CN included, so ACME leaves carry their first DNS name there.
+    pub common_name: Option<&'a str>,
 }
 
 /// A signed, self-checked certificate.
@@ -517,7 +520,10 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
     match spec.identity {
         Some(id) => {
             dn.push(DnType::OrganizationalUnitName, id.env.as_str());
-            dn.push(DnType::CommonName, id.service.as_str());
+            dn.push(
+                DnType::CommonName,
+                spec.common_name.unwrap_or(id.service.as_str()),
+            );
         }
         None => dn.push(
             DnType::CommonName,
@@ -727,6 +733,7 @@ pub(crate) mod tests {
                     crl: "http://ca.example.internal/crl/dev.crl".into(),
                     ocsp: "http://ca.example.internal/ocsp".into(),
                 }),
+                common_name: None,
             },
             issuer,
         )

@@ -634,6 +634,7 @@ mod tests {
                     crl: "http://ca.example.internal/crl/dev.crl".into(),
                     ocsp: "http://ca.example.internal/ocsp".into(),
                 }),
+                common_name: None,
             },
             &pki.dev,
         )

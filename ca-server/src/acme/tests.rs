@@ -466,6 +466,14 @@ async fn a_client_registers_orders_validates_finalizes_downloads_and_revokes() {
             .any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == NAME))
     );
 
+    // ACME clients renew the names they read from the certificate, CN included.
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok());
+    assert_eq!(cn, Some(NAME));
+
     // The durable record and the audit log know it as an ACME issuance.
     let serial = crate::pki::Serial::of_certificate(&leaf).expect("serial");
     let rec = ca

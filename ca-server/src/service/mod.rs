@@ -726,6 +726,10 @@ impl Ca {
                 not_before: now - self.options.backdate,
                 not_after: now + decision.ttl,
                 urls: urls.as_ref(),
+                common_name: match input.via {
+                    IssuedVia::Acme => decision.dns.first().map(String::as_str),
+                    _ => None,
+                },
             },
             &signer,
         )?;

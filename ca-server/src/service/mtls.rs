@@ -296,6 +296,7 @@ impl Ca {
                 not_before: now - Duration::minutes(1),
                 not_after: now + ttl,
                 urls: None,
+                common_name: None,
             },
             &signer,
         )?;
