@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Run, Server, TestCa, free_port, openssl, run_bounded, s};
+use support::pebble::ChallTestSrv;
+use support::{Run, Server, TestCa, example_policy, free_port, openssl, run_bounded, s};
 
 /// The one name the example policy grants to `web` in dev (the open dev directory's service).
 const WEB_DEV: &str = "web.dev.svc.example.internal";
@@ -57,7 +58,11 @@ struct AcmePki {
 
 impl AcmePki {
     fn start() -> AcmePki {
-        let ca = TestCa::init_insecure();
+        AcmePki::start_on(TestCa::init_insecure(), "")
+    }
+
+    /// A server for the initialised `ca`, with `acme_extra` lines in its `[acme]` table.
+    fn start_on(ca: TestCa, acme_extra: &str) -> AcmePki {
         let http_port = free_port();
         let tls_port = loop {
             let p = free_port();
@@ -75,6 +80,7 @@ impl AcmePki {
 
 [acme]
 allow = ["127.0.0.0/8"]
+{acme_extra}
 
 [acme.testing]
 http_port = {http_port}
@@ -909,5 +915,121 @@ fn renew_commands_of_certbot_and_lego() {
     );
     run.expect_code(0);
     assert_ne!(serial_of(&lego.cert(WEB_DEV)), before);
+    pki.assert_server_healthy();
+}
+
+/// dns-01 through a real DNS server (pebble-challtestsrv) that lego fills through its `exec`
+/// provider, for a wildcard and its base name: the wildcard can only be validated this way.
+#[test]
+fn lego_obtains_a_wildcard_over_dns01_from_a_real_dns_server() {
+    let ca = TestCa::new();
+    std::fs::create_dir_all(ca.tmp.path()).expect("tmp");
+    // The example policy, with wildcards granted to web.
+    let policy = std::fs::read_to_string(example_policy()).expect("policy");
+    let web = policy.find("[services.web]").expect("web service");
+    let (head, tail) = policy.split_at(web);
+    let tail = tail.replacen(
+        "dns = [\"{service}.{env}.svc.example.internal\"]",
+        "dns = [\"{service}.{env}.svc.example.internal\", \"*.{service}.{env}.svc.example.internal\"]\nwildcards = true",
+        1,
+    );
+    let policy_path = ca.tmp.path().join("policy.toml");
+    std::fs::write(&policy_path, format!("{head}{tail}")).expect("write policy");
+    ca.server(&[
+        "init",
+        "--policy",
+        s(&policy_path),
+        "--insecure-no-passphrase",
+    ])
+    .expect_code(0);
+    let dns = ChallTestSrv::start(ca.tmp.path());
+    let pki = AcmePki::start_on(ca, &format!("dns_server = \"127.0.0.1:{}\"", dns.dns_port));
+
+    // lego's exec provider: `present|cleanup FQDN VALUE`, forwarded to challtestsrv.
+    let hook = pki.ca.path("dns-hook.sh");
+    let calls = pki.ca.path("dns-hook.log");
+    let script = r#"#!/bin/sh
+echo "$1 $2" >> LOG
+case "$1" in
+  present) path=set-txt; body="{\"host\":\"$2\",\"value\":\"$3\"}" ;;
+  cleanup) path=clear-txt; body="{\"host\":\"$2\"}" ;;
+  *) exit 0 ;;
+esac
+exec curl -sS --noproxy '*' -X POST -d "$body" MGMT/$path
+"#;
+    std::fs::write(
+        &hook,
+        script
+            .replace("LOG", s(&calls))
+            .replace("MGMT", &dns.management()),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let wildcard = format!("*.{WEB_DEV}");
+    let lego = Lego::new(&pki, "lego", "dev");
+    let resolver = format!("127.0.0.1:{}", dns.dns_port);
+    let mut c = Command::new("lego");
+    c.args(["--server", &lego.server, "--path", s(&lego.path)])
+        .args(["--accept-tos", "--email", EMAIL])
+        .args(["--domains", &wildcard, "--domains", WEB_DEV])
+        .args([
+            "--dns",
+            "exec",
+            "--dns.resolvers",
+            &resolver,
+            "--dns.disable-cp",
+        ])
+        .arg("run")
+        .env("LEGO_CA_CERTIFICATES", &lego.root)
+        .env("EXEC_PATH", &hook)
+        .env("EXEC_POLLING_INTERVAL", "1")
+        .env("EXEC_SEQUENCE_INTERVAL", "1")
+        .env("EXEC_PROPAGATION_TIMEOUT", "20");
+    for v in PROXY_VARS {
+        c.env_remove(v);
+    }
+    let run = run_bounded(c, CLIENT_LIMIT);
+    run.expect_code(0);
+
+    // Both names were validated through TXT records the hook published, and cleaned up.
+    let log = std::fs::read_to_string(&calls).expect("hook log");
+    let fqdn = format!("_acme-challenge.{WEB_DEV}.");
+    assert_eq!(
+        log.lines()
+            .filter(|l| *l == format!("present {fqdn}"))
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains(&format!("cleanup {fqdn}")), "{log}");
+    // lego names the files after the first domain, `*` written as `_`.
+    let file = format!("_.{WEB_DEV}");
+    assert_chain(
+        &pki.root,
+        &lego.issuer(&file),
+        &lego.cert(&file),
+        "dev",
+        WEB_DEV,
+    );
+    let text = openssl([
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        s(&lego.cert(&file)),
+    ]);
+    assert!(
+        text.stdout.contains(&format!("DNS:{wildcard}")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains(&format!("DNS:{WEB_DEV}")),
+        "{}",
+        text.stdout
+    );
     pki.assert_server_healthy();
 }

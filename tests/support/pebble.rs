@@ -28,14 +28,11 @@ pub struct Pebble {
     dir: PathBuf,
     opts: PebbleOptions,
     pebble: Option<Child>,
-    challtest: Option<Child>,
+    challtest: ChallTestSrv,
     /// ACME port.
     pub port: u16,
     /// Management port (roots).
     pub mgmt_port: u16,
-    /// challtestsrv management port.
-    pub dns_mgmt_port: u16,
-    dns_port: u16,
     /// PEM of the TLS root pebble's HTTPS certificate chains to.
     pub tls_root: PathBuf,
 }
@@ -103,38 +100,11 @@ impl Pebble {
             dir: dir.to_path_buf(),
             opts,
             pebble: None,
-            challtest: None,
+            challtest: ChallTestSrv::start(dir),
             port: free_port(),
             mgmt_port: free_port(),
-            dns_mgmt_port: free_port(),
-            dns_port: free_port(),
             tls_root,
         };
-        let log = std::fs::File::create(dir.join("challtestsrv.log")).expect("log");
-        p.challtest = Some(
-            Command::new("pebble-challtestsrv")
-                .args([
-                    "-defaultIPv4",
-                    "127.0.0.1",
-                    "-defaultIPv6",
-                    "",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                    "-dns01",
-                    &format!("127.0.0.1:{}", p.dns_port),
-                    "-management",
-                    &format!("127.0.0.1:{}", p.dns_mgmt_port),
-                ])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start pebble-challtestsrv (scripts/test.sh installs it)"),
-        );
         p.start_pebble_on_free_ports();
         p
     }
@@ -166,7 +136,7 @@ impl Pebble {
                     "-config",
                     s(&path),
                     "-dnsserver",
-                    &format!("127.0.0.1:{}", self.dns_port),
+                    &format!("127.0.0.1:{}", self.challtest.dns_port),
                 ])
                 .current_dir(&self.dir)
                 // No artificial validation delays, every order validated for real, and no
@@ -248,7 +218,7 @@ impl Pebble {
 
     /// challtestsrv's management URL (set-txt, clear-txt).
     pub fn dns_management(&self) -> String {
-        format!("http://127.0.0.1:{}", self.dns_mgmt_port)
+        self.challtest.management()
     }
 
     /// Everything pebble logged.
@@ -266,13 +236,76 @@ impl Pebble {
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for c in [self.pebble.take(), self.challtest.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut c = c;
+        if let Some(mut c) = self.pebble.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Debian's `pebble-challtestsrv` as a DNS server on 127.0.0.1: every A query answers
+/// 127.0.0.1, TXT records are set through its management API. Killed on drop.
+pub struct ChallTestSrv {
+    child: Child,
+    /// UDP/TCP port of its DNS server.
+    pub dns_port: u16,
+    /// Port of its management API.
+    pub mgmt_port: u16,
+}
+
+impl ChallTestSrv {
+    /// Starts it with its log in `dir` and waits until the management API accepts connections.
+    pub fn start(dir: &Path) -> ChallTestSrv {
+        let (dns_port, mgmt_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.join("challtestsrv.log")).expect("log");
+        let child = Command::new("pebble-challtestsrv")
+            .args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-management",
+                &format!("127.0.0.1:{mgmt_port}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start pebble-challtestsrv (scripts/test.sh installs it)");
+        let srv = ChallTestSrv {
+            child,
+            dns_port,
+            mgmt_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", mgmt_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pebble-challtestsrv did not start: {}",
+                std::fs::read_to_string(dir.join("challtestsrv.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        srv
+    }
+
+    /// The management URL (set-txt, clear-txt).
+    pub fn management(&self) -> String {
+        format!("http://127.0.0.1:{}", self.mgmt_port)
+    }
+}
+
+impl Drop for ChallTestSrv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
