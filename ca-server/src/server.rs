@@ -788,10 +788,12 @@ async fn start_scheduler(
                 period,
                 "scheduled CRL refresh"
             );
-            match ca.store().acme_prune_nonces(ca.now_unix()).await {
-                Ok(n) if n > 0 => tracing::info!(pruned = n, "expired ACME nonces deleted"),
+            match ca.store().acme_prune(ca.now_unix()).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(pruned = n, "expired ACME nonces and orders deleted")
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "ACME nonce pruning failed"),
+                Err(e) => tracing::warn!(error = %e, "ACME pruning failed"),
             }
             match ca.prune_tokens().await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "expired enrollment tokens deleted"),

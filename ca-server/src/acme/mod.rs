@@ -407,7 +407,7 @@ impl AcmeServer {
     }
 
     /// The MAC key of EAB key id `kid`: derived from the CA's sealed secret, never stored.
-    async fn eab_mac_key(&self, kid: &str) -> Result<Vec<u8>, AcmeError> {
+    async fn eab_mac_key(&self, kid: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, AcmeError> {
         self.ca
             .derive_secret(&format!("acme-eab:{kid}"))
             .await

@@ -335,7 +335,7 @@ async fn acme(store: &dyn Store, now: i64) {
     );
     assert!(!store.acme_take_nonce("nope", now).await.expect("take"));
     store.acme_put_nonce("n3", now - 5).await.expect("nonce");
-    assert_eq!(store.acme_prune_nonces(now).await.expect("prune"), 1);
+    assert_eq!(store.acme_prune(now).await.expect("prune"), 1);
 
     let eab = AcmeEabKey {
         kid: "kid1".into(),
@@ -490,6 +490,28 @@ async fn acme(store: &dyn Store, now: i64) {
         Some(next)
     );
     assert_eq!(store.acme_orders_of("a1").await.expect("of"), ["o1"]);
+
+    // Pruning: unfinished orders once expired, finished ones once their certificate expired
+    // (aa10 expired at 3,000; aa11 lives). The valid order o1 names no stored certificate.
+    let row = |id: &str, status: &str, expires_at: i64, cert: Option<&str>| AcmeOrderRow {
+        id: id.into(),
+        status: status.into(),
+        expires_at,
+        cert_serial: cert.map(str::to_string),
+        ..order.clone()
+    };
+    for o in [
+        row("stale", "pending", now - 1, None),
+        row("waiting", "ready", now + 100, None),
+        row("old-cert", "valid", now - 1, Some("aa10")),
+        row("live-cert", "valid", now - 1, Some("aa11")),
+    ] {
+        store.acme_create_order(&o).await.expect("order");
+    }
+    assert_eq!(store.acme_prune(now).await.expect("prune"), 2);
+    let mut left = store.acme_orders_of("a1").await.expect("of");
+    left.sort();
+    assert_eq!(left, ["live-cert", "o1", "waiting"]);
 }
 
 /// Generations of authorities: one new generation per rotation, cross-certificates, retirement,

@@ -789,8 +789,11 @@ pub trait Store: Send + Sync {
     async fn acme_put_nonce(&self, nonce: &str, expires_at: i64) -> Result<(), StoreError>;
     /// Uses up an ACME nonce: `true` if it existed and had not expired (it is gone either way).
     async fn acme_take_nonce(&self, nonce: &str, now: i64) -> Result<bool, StoreError>;
-    /// Deletes nonces expired by `now`; returns how many.
-    async fn acme_prune_nonces(&self, now: i64) -> Result<u64, StoreError>;
+    /// Deletes what ACME no longer needs at `now`: expired nonces, orders that expired
+    /// unfinished, and finished orders whose certificate has expired (revocation by the
+    /// ordering account needs the order only while the certificate lives). Returns how many
+    /// rows went.
+    async fn acme_prune(&self, now: i64) -> Result<u64, StoreError>;
     /// Creates an account with its audit entry, spending its EAB key (unused, unexpired at
     /// `account.created_at`, same environment) in the same transaction: `TokenUsedUp` when the
     /// key cannot be spent, `Conflict` when the environment has an account with this key.

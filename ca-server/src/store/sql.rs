@@ -606,12 +606,20 @@ macro_rules! sql_store {
                 Ok(rows.first().is_some_and(|exp| *exp > now))
             }
 
-            async fn acme_prune_nonces(&self, now: i64) -> Result<u64, StoreError> {
-                let done = sqlx::query("DELETE FROM acme_nonces WHERE expires_at <= $1")
+            async fn acme_prune(&self, now: i64) -> Result<u64, StoreError> {
+                let nonces = sqlx::query("DELETE FROM acme_nonces WHERE expires_at <= $1")
                     .bind(now)
                     .execute(&self.pool)
                     .await?;
-                Ok(done.rows_affected())
+                let orders = sqlx::query(
+                    "DELETE FROM acme_orders WHERE (status <> 'valid' AND expires_at <= $1) \
+                     OR (status = 'valid' AND cert_serial IN \
+                         (SELECT serial FROM certificates WHERE not_after <= $1))",
+                )
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(nonces.rows_affected() + orders.rows_affected())
             }
 
             async fn acme_create_account(
