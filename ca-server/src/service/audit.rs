@@ -84,11 +84,16 @@ impl Ca {
     /// A secret for `label` derived from the CA's sealed audit secret (HMAC-SHA256 with a
     /// domain-separating label): the same on every server sharing the database, and never
     /// stored (ACME External Account Binding MAC keys).
-    pub async fn derive_secret(&self, label: &str) -> Result<Vec<u8>, ServiceError> {
+    pub async fn derive_secret(
+        &self,
+        label: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ServiceError> {
         let key = self.audit_key().await?;
-        Ok(hmac::sign(&key, format!("derive:{label}").as_bytes())
-            .as_ref()
-            .to_vec())
+        Ok(zeroize::Zeroizing::new(
+            hmac::sign(&key, format!("derive:{label}").as_bytes())
+                .as_ref()
+                .to_vec(),
+        ))
     }
 
     /// Signs the current end of the audit chain and records it.
