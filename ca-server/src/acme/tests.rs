@@ -16,36 +16,23 @@ use super::jws::b64;
 use super::validate::ValidatorConfig;
 use super::{AcmeServer, routes};
 use crate::service::Ca;
-use crate::store::{IssuedVia, Store};
+use crate::store::IssuedVia;
 
 const BASE: &str = "https://ca.test";
 const NAME: &str = "web.dev.svc.example.internal";
-const POLICY: &str = include_str!("../../../policies/example.toml");
 
 async fn example_ca(dir: &std::path::Path) -> Arc<Ca> {
     use crate::clock::ManualClock;
-    use crate::policy::Policy;
-    use crate::service::{CaLifetimes, CaOptions, build_ca};
-    use crate::store::SqliteStore;
-    let policy = Policy::from_toml(POLICY, "example.toml").expect("policy");
+    use crate::service::{CaLifetimes, CaOptions};
     let now = time::OffsetDateTime::now_utc();
-    let built = build_ca(
-        &policy,
-        "example.toml",
+    let (policy, store) = crate::service::testing::example_store(
+        dir,
         None,
         CaLifetimes::default(),
         &["localhost".to_string()],
-        false,
         now,
-        "test",
     )
-    .expect("build");
-    let store = Arc::new(
-        SqliteStore::open(&dir.join("ca.db"), true)
-            .await
-            .expect("store"),
-    );
-    store.initialize(&built.new_ca).await.expect("init");
+    .await;
     Arc::new(
         Ca::open(
             store,
@@ -139,6 +126,10 @@ async fn send(app: &Router, method: Method, url: &str, ct: &str, body: Vec<u8>) 
     }
 }
 
+async fn post_jose(app: &Router, target: &str, body: Vec<u8>) -> Resp {
+    send(app, Method::POST, target, "application/jose+json", body).await
+}
+
 fn url(path: &str) -> String {
     format!("{BASE}/acme/dev/{path}")
 }
@@ -214,14 +205,7 @@ impl Client {
     async fn post(&mut self, target: &str, payload: Option<Value>) -> Resp {
         let nonce = self.fresh_nonce().await;
         let body = self.sign(&self.header(target, &nonce), payload.as_ref());
-        let r = send(
-            &self.app,
-            Method::POST,
-            target,
-            "application/jose+json",
-            body,
-        )
-        .await;
+        let r = post_jose(&self.app, target, body).await;
         let n = r.header("replay-nonce");
         self.nonce = (!n.is_empty()).then_some(n);
         r
@@ -588,60 +572,29 @@ async fn protocol_refusals_name_their_problem_and_carry_a_fresh_nonce() {
     ] {
         let h = client.header(&new_order, nonce);
         let body = client.sign(&h, Some(&order));
-        send(
-            &app,
-            Method::POST,
-            &new_order,
-            "application/jose+json",
-            body,
-        )
-        .await
-        .expect_problem(400, kind);
+        post_jose(&app, &new_order, body)
+            .await
+            .expect_problem(400, kind);
     }
     let nonce = client.fresh_nonce().await;
     let body = client.sign(&client.header(&new_order, &nonce), Some(&order));
-    let first = send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        body.clone(),
-    )
-    .await;
+    let first = post_jose(&app, &new_order, body.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.json());
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        body,
-    )
-    .await
-    .expect_problem(400, "badNonce");
+    post_jose(&app, &new_order, body)
+        .await
+        .expect_problem(400, "badNonce");
     let mut h = client.header(&new_order, "x");
     h.as_object_mut().expect("object").remove("nonce");
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        client.sign(&h, Some(&order)),
-    )
-    .await
-    .expect_problem(400, "badNonce");
+    post_jose(&app, &new_order, client.sign(&h, Some(&order)))
+        .await
+        .expect_problem(400, "badNonce");
 
     // The url header must be this resource's external URL.
     let nonce = client.fresh_nonce().await;
     let h = client.header(&url("new-account"), &nonce);
-    let detail = send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        client.sign(&h, Some(&order)),
-    )
-    .await
-    .expect_problem(403, "unauthorized");
+    let detail = post_jose(&app, &new_order, client.sign(&h, Some(&order)))
+        .await
+        .expect_problem(403, "unauthorized");
     assert!(detail.contains("url"), "{detail}");
 
     // Content type.
@@ -658,55 +611,31 @@ async fn protocol_refusals_name_their_problem_and_carry_a_fresh_nonce() {
         h["alg"] = json!(alg);
         let p = b64(h.to_string().as_bytes());
         let body = json!({"protected": p, "payload": b64(order.to_string().as_bytes()), "signature": "AAAA"});
-        send(
-            &app,
-            Method::POST,
-            &new_order,
-            "application/jose+json",
-            body.to_string().into_bytes(),
-        )
-        .await
-        .expect_problem(400, "badSignatureAlgorithm");
+        post_jose(&app, &new_order, body.to_string().into_bytes())
+            .await
+            .expect_problem(400, "badSignatureAlgorithm");
     }
 
     // Exactly one of jwk and kid; kid is an account URL; orders need the account.
     let nonce = client.fresh_nonce().await;
     let mut h = client.header(&new_order, &nonce);
     h["jwk"] = client.jwk();
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        client.sign(&h, Some(&order)),
-    )
-    .await
-    .expect_problem(400, "malformed");
+    post_jose(&app, &new_order, client.sign(&h, Some(&order)))
+        .await
+        .expect_problem(400, "malformed");
     let nonce = client.fresh_nonce().await;
     let mut h = client.header(&new_order, &nonce);
     h["kid"] = json!(format!("{BASE}/acme/dev/account/nobody"));
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        client.sign(&h, Some(&order)),
-    )
-    .await
-    .expect_problem(400, "accountDoesNotExist");
+    post_jose(&app, &new_order, client.sign(&h, Some(&order)))
+        .await
+        .expect_problem(400, "accountDoesNotExist");
     let nonce = client.fresh_nonce().await;
     let mut h = client.header(&new_order, &nonce);
     h.as_object_mut().expect("object").remove("kid");
     h["jwk"] = client.jwk();
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        client.sign(&h, Some(&order)),
-    )
-    .await
-    .expect_problem(400, "malformed");
+    post_jose(&app, &new_order, client.sign(&h, Some(&order)))
+        .await
+        .expect_problem(400, "malformed");
 
     // A tampered signature.
     let nonce = client.fresh_nonce().await;
@@ -714,15 +643,9 @@ async fn protocol_refusals_name_their_problem_and_carry_a_fresh_nonce() {
         serde_json::from_slice(&client.sign(&client.header(&new_order, &nonce), Some(&order)))
             .expect("json");
     body["payload"] = json!(b64(json!({"identifiers": []}).to_string().as_bytes()));
-    send(
-        &app,
-        Method::POST,
-        &new_order,
-        "application/jose+json",
-        body.to_string().into_bytes(),
-    )
-    .await
-    .expect_problem(403, "unauthorized");
+    post_jose(&app, &new_order, body.to_string().into_bytes())
+        .await
+        .expect_problem(403, "unauthorized");
 
     // Someone else's account URL.
     let mut other = Client::new(&app);

@@ -832,29 +832,37 @@ pub fn pem_to_der(pem_text: &str) -> Result<Vec<u8>, ServiceError> {
         })
 }
 
+/// The example policy's CA in a SQLite store, for unit tests of every module.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-    use crate::store::SqliteStore;
-    use rcgen::{CertificateParams, KeyPair};
+pub(crate) mod testing {
+    use std::sync::Arc;
 
-    pub(crate) fn default_names() -> Vec<String> {
-        DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect()
-    }
+    use time::OffsetDateTime;
 
-    const POLICY: &str = include_str!("../../../policies/example.toml");
+    use super::{CaLifetimes, build_ca};
+    use crate::policy::Policy;
+    use crate::sealed::Passphrase;
+    use crate::store::{SqliteStore, Store};
 
-    async fn ca(dir: &std::path::Path, sealed_with: Option<&str>) -> Ca {
+    /// policies/example.toml.
+    pub(crate) const POLICY: &str = include_str!("../../../policies/example.toml");
+
+    /// Builds the example policy's CA at `now` (sealed with `pass` when given) and initialises
+    /// it in `dir/ca.db`; returns the policy and the store.
+    pub(crate) async fn example_store(
+        dir: &std::path::Path,
+        pass: Option<&Passphrase>,
+        lifetimes: CaLifetimes,
+        server_names: &[String],
+        now: OffsetDateTime,
+    ) -> (Policy, Arc<SqliteStore>) {
         let policy = Policy::from_toml(POLICY, "example.toml").expect("policy");
-        let pass = sealed_with.map(|p| Passphrase::new(p.into()));
-        let now = OffsetDateTime::now_utc();
         let built = build_ca(
             &policy,
             "example.toml",
-            pass.as_ref(),
-            CaLifetimes::default(),
-            &default_names(),
+            pass,
+            lifetimes,
+            server_names,
             false,
             now,
             "test",
@@ -866,6 +874,33 @@ mod tests {
                 .expect("store"),
         );
         store.initialize(&built.new_ca).await.expect("init");
+        (policy, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use rcgen::{CertificateParams, KeyPair};
+
+    pub(crate) fn default_names() -> Vec<String> {
+        DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    use super::testing::POLICY;
+
+    async fn ca(dir: &std::path::Path, sealed_with: Option<&str>) -> Ca {
+        let pass = sealed_with.map(|p| Passphrase::new(p.into()));
+        let now = OffsetDateTime::now_utc();
+        let (policy, store) = super::testing::example_store(
+            dir,
+            pass.as_ref(),
+            CaLifetimes::default(),
+            &default_names(),
+            now,
+        )
+        .await;
         Ca::open(
             store,
             Arc::new(ManualClock::new(now)),

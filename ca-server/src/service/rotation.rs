@@ -1078,8 +1078,6 @@ mod tests {
         assert_eq!(auth.published_roots(700).len(), 1);
     }
 
-    const POLICY: &str = include_str!("../../../policies/example.toml");
-
     /// Two servers ("replicas") on one store, each with its own clock.
     async fn replicas(
         dir: &std::path::Path,
@@ -1090,31 +1088,21 @@ mod tests {
         Arc<crate::clock::ManualClock>,
     ) {
         use crate::clock::ManualClock;
-        use crate::policy::Policy;
-        use crate::service::{CaLifetimes, CaOptions, build_ca};
-        use crate::store::{SqliteStore, Store};
-        let policy = Policy::from_toml(POLICY, "example.toml").expect("policy");
+        use crate::service::{CaLifetimes, CaOptions};
+        use crate::store::Store;
         let now = time::OffsetDateTime::now_utc();
-        let built = build_ca(
-            &policy,
-            "example.toml",
+        let lifetimes = CaLifetimes {
+            root: Duration::days(3650),
+            intermediate: Duration::days(30),
+        };
+        let (policy, store) = crate::service::testing::example_store(
+            dir,
             None,
-            CaLifetimes {
-                root: Duration::days(3650),
-                intermediate: Duration::days(30),
-            },
+            lifetimes,
             &["localhost".to_string()],
-            false,
             now,
-            "test",
         )
-        .expect("build");
-        let store = Arc::new(
-            SqliteStore::open(&dir.join("ca.db"), true)
-                .await
-                .expect("store"),
-        );
-        store.initialize(&built.new_ca).await.expect("init");
+        .await;
         let mut out = Vec::new();
         for _ in 0..2 {
             let clock = Arc::new(ManualClock::new(now));
