@@ -44,13 +44,30 @@ struct Ledger {
     certs: BTreeMap<String, Option<String>>,
     /// token id -> (uses, revoked)
     tokens: BTreeMap<String, (u64, bool)>,
+    /// CA certificates, ACME binding keys and accounts (with their status), as rows.
+    rows: std::collections::BTreeSet<String>,
 }
 
 impl Ledger {
     fn of(ca: &TestCa) -> Ledger {
         let certs = json_of(&ca.server(&["certs", "list", "--json"]));
         let tokens = json_of(&ca.server(&["token", "list", "--all", "--json"]));
+        let db = ca.data.join("ca.db");
+        let rows = Command::new("sqlite3")
+            .arg(&db)
+            .arg(
+                "SELECT 'authority ' || id FROM authorities \
+                 UNION ALL SELECT 'eab key ' || kid FROM acme_eab_keys \
+                 UNION ALL SELECT 'acme account ' || id || ' ' || status FROM acme_accounts",
+            )
+            .output()
+            .expect("sqlite3 (scripts/test.sh installs it)");
+        assert!(rows.status.success(), "sqlite3 {}", db.display());
         Ledger {
+            rows: String::from_utf8_lossy(&rows.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
             certs: certs
                 .as_array()
                 .expect("certs array")
@@ -85,6 +102,14 @@ impl Ledger {
                 Some(before) if before != revoked => out.push(format!("{serial} revoked")),
                 _ => {}
             }
+        }
+        for row in after.rows.symmetric_difference(&self.rows) {
+            let change = if after.rows.contains(row) {
+                "new"
+            } else {
+                "gone"
+            };
+            out.push(format!("{change}: {row}"));
         }
         for (id, state) in &after.tokens {
             if self.tokens.get(id) != Some(state) {
@@ -1673,6 +1698,23 @@ fn every_cli_refusal_exits_with_its_code_and_changes_nothing() {
         cli("revoke/unknown-identity", &["revoke", "--env", "dev", "--service", "nosuch", "--yes"], 5, "no live certificates"),
         cli("revoke/serial-and-identity", &["revoke", &live, "--env", "dev", "--service", "web", "--yes"], 2, "cannot be used with"),
         cli("crl/unknown-env", &["crl", "--env", "qa", "--out", o], 5, "qa").absent(&out),
+        cli("acme-eab/environment-without-acme", &["acme", "eab", "create", "--env", "prod", "--service", "api"], 2, "no ACME directory"),
+        cli("acme-eab/unknown-env", &["acme", "eab", "create", "--env", "qa", "--service", "web"], 5, "not in the policy"),
+        cli("acme-eab/unknown-service", &["acme", "eab", "create", "--env", "staging", "--service", "nosuch"], 5, "no service"),
+        cli("acme-eab/service-not-in-env", &["acme", "eab", "create", "--env", "staging", "--service", "ops"], 5, "no service"),
+        cli("acme-eab/ttl-above-limit", &["acme", "eab", "create", "--env", "staging", "--service", "web", "--ttl", "8d"], 3, "limit for external account binding keys"),
+        cli("acme-eab/ttl-malformed", &["acme", "eab", "create", "--env", "staging", "--service", "web", "--ttl", "1x"], 2, "invalid duration"),
+        cli("acme-eab/wrong-passphrase", &["acme", "eab", "create", "--env", "staging", "--service", "web"], 4, "wrong passphrase").pass(Pass::Wrong),
+        cli("acme-accounts/deactivate-unknown", &["acme", "accounts", "deactivate", "nosuch"], 5, "no ACME account"),
+        cli("ca-rotate/unknown-env", &["ca", "rotate", "--env", "qa"], 5, "not in the policy"),
+        cli("ca-rotate/nothing-named", &["ca", "rotate"], 2, "--env"),
+        cli("ca-rotate/env-and-root", &["ca", "rotate", "--env", "dev", "--root"], 2, "cannot be used with"),
+        cli("ca-rotate/root-compromised", &["ca", "rotate", "--root", "--compromised"], 2, "cannot be used with"),
+        cli("ca-rotate/overlap-of-an-intermediate", &["ca", "rotate", "--env", "dev", "--overlap", "1d"], 2, "cannot be used with"),
+        cli("ca-rotate/delay-malformed", &["ca", "rotate", "--env", "dev", "--delay", "soon"], 2, "invalid duration"),
+        cli("ca-rotate/root-key-missing", &["ca", "rotate", "--root", "--root-key", "/nonexistent/root.key"], 2, "cannot read root key"),
+        cli("ca-rotate/root-key-out-of-a-sealed-root", &["ca", "rotate", "--root", "--root-key-out", o], 2, "kept offline").absent(&out),
+        cli("ca-rotate/wrong-passphrase", &["ca", "rotate", "--env", "dev"], 4, "wrong passphrase").pass(Pass::Wrong),
     ];
 
     let mut report = Report::default();
@@ -1707,7 +1749,7 @@ fn every_cli_refusal_exits_with_its_code_and_changes_nothing() {
         }
         report.check(c.name, result);
     }
-    report.finish("CLI", 40);
+    report.finish("CLI", 55);
 
     // The refused revocations left the certificate live: the right passphrase revokes it.
     ca.server(&["revoke", &live, "--yes"]).expect_code(0);

@@ -441,8 +441,17 @@ impl AcmeServer {
             .get(service)
             .is_some_and(|s| s.environments.contains(env))
         {
-            return Err(ServiceError::Invalid(format!(
+            return Err(ServiceError::NotFound(format!(
                 "no service {service:?} in environment {env:?}"
+            )));
+        }
+        // A binding key is an enrollment credential: the single-use token limit applies.
+        let max = crate::service::MAX_SINGLE_USE_TTL;
+        if ttl > max {
+            return Err(ServiceError::Forbidden(format!(
+                "TTL {} exceeds the {} limit for external account binding keys",
+                crate::duration::HumanDuration(ttl),
+                crate::duration::HumanDuration(max)
             )));
         }
         let kid = random_id::<12>().map_err(|e| ServiceError::Invalid(e.detail))?;
@@ -468,8 +477,9 @@ impl AcmeServer {
             result: AuditResult::Ok,
             reason: Some(format!("kid {kid}")),
         };
-        ca.store().acme_create_eab(&key, &audit).await?;
+        // The MAC key first: a CA that cannot derive it (wrong passphrase) stores nothing.
         let mac = ca.derive_secret(&format!("acme-eab:{kid}")).await?;
+        ca.store().acme_create_eab(&key, &audit).await?;
         Ok((kid, zeroize::Zeroizing::new(jws::b64(&mac))))
     }
 

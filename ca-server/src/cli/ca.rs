@@ -42,14 +42,19 @@ pub(super) struct RotateArgs {
     compromised: bool,
     /// Root rotation: how long the old root stays in the bundles after the new one takes over
     /// (longer than the longest leaf lifetime).
-    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "7d",
+        conflicts_with = "env"
+    )]
     overlap: HumanDuration,
     /// The active root's key file (as written by `init --root-key-out`) when the root is
     /// kept offline.
     #[arg(long, value_name = "FILE")]
     root_key: Option<PathBuf>,
     /// Where to write the new root's key when the root is kept offline (root rotation).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "env")]
     root_key_out: Option<PathBuf>,
     /// Server config file to read rotation_delay from.
     #[arg(long, value_name = "FILE")]
@@ -129,6 +134,12 @@ pub(super) async fn ca_rotate(cli: &Cli, a: &RotateArgs) -> CliResult<()> {
             }
             Some(_) => {}
         }
+    } else if a.root_key_out.is_some() {
+        return Err(CliError::new(
+            ErrorKind::BadRequest,
+            "--root-key-out is for a CA whose root is kept offline; this root's key stays \
+             sealed in the database",
+        ));
     }
     let root_key = match &a.root_key {
         Some(path) => Some(read_root_key(cli, &ca, path)?),
