@@ -20,6 +20,10 @@ use crate::status::{Board, CertStatus, Health, now};
 use crate::validate::{CertInfo, Expect, validate, validate_public};
 use crate::writer::{Layout, Material, Ownership, replace_file};
 
+/// How long after an issuance answer that asked for a renewal now the agent renews again:
+/// long enough for every server of the CA to see the issuer change.
+const HINT_PAUSE: Duration = Duration::from_secs(3);
+
 /// Exit-code classes shared by every command (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -211,6 +215,9 @@ pub struct Agent {
     acme: Acme,
     routes: HashMap<String, Route>,
     board: Arc<Board>,
+    /// Certificates whose issuance answer said to renew at once (their issuer was revoked or
+    /// retiring by the time they were issued), with the reason.
+    renew_again: std::sync::Mutex<HashMap<String, String>>,
 }
 
 fn resolve_id(spec: &Option<String>, db: &str) -> Result<Option<u32>, AgentError> {
@@ -364,6 +371,7 @@ impl Agent {
             acme,
             routes,
             board,
+            renew_again: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -559,14 +567,32 @@ impl Agent {
             service: Some(cert.service.clone()),
         };
         let url = format!("{}/v1/enroll", p.anon.base());
-        let resp: CertificateResponse = p
+        let reply = p
             .anon
             .post_json("/v1/enroll", &req)
             .await
-            .map_err(classify)?
-            .json(&url)
             .map_err(classify)?;
-        self.publish_private(cert, layout, &key, &resp).await
+        self.issued(cert, layout, &key, reply, &url).await
+    }
+
+    /// Publishes an issuance answer and remembers its renew-now hint, if any.
+    async fn issued(
+        &self,
+        cert: &CertConfig,
+        layout: &Layout,
+        key: &KeyAndCsr,
+        reply: ca_wire::client::Reply,
+        url: &str,
+    ) -> Result<CertInfo, Failure> {
+        let hint = reply.renew_now.clone();
+        let resp: CertificateResponse = reply.json(url).map_err(classify)?;
+        let info = self.publish_private(cert, layout, key, &resp).await?;
+        if let Some(why) = hint
+            && let Ok(mut again) = self.renew_again.lock()
+        {
+            again.insert(cert.name.clone(), why);
+        }
+        Ok(info)
     }
 
     async fn renew_private(
@@ -593,13 +619,11 @@ impl Agent {
             service: Some(cert.service.clone()),
         };
         let url = format!("{}/v1/renew", client.base());
-        let resp: CertificateResponse = client
+        let reply = client
             .post_json("/v1/renew", &req)
             .await
-            .map_err(classify)?
-            .json(&url)
             .map_err(classify)?;
-        self.publish_private(cert, layout, &key, &resp).await
+        self.issued(cert, layout, &key, reply, &url).await
     }
 
     /// Orders from the ACME CA (a renewal when `replaces` is the current leaf).
@@ -648,6 +672,8 @@ impl Agent {
         // A renewal asked for (SIGHUP, `renew --now`) while backing off from a failed attempt:
         // it ends the wait and must not then wait again for a renewal time not yet reached.
         let mut asked = false;
+        // Whether the last renewal was one the CA asked for in its issuance answer.
+        let mut hint_followed = false;
         loop {
             let asked_now = std::mem::take(&mut asked);
             let current = if revoked {
@@ -716,6 +742,27 @@ impl Agent {
                     let warning = crate::hooks::after_publish(&cert, &layout, &info.serial).await;
                     self.board
                         .update(&cert.name, |s| s.reload_warning = warning);
+                    let again = self
+                        .renew_again
+                        .lock()
+                        .ok()
+                        .and_then(|mut a| a.remove(&cert.name));
+                    // Once in a row: the CA's servers refresh their view of the issuers within
+                    // seconds, so a second answer with the hint means something else is wrong
+                    // and the normal schedule (and the bundle refresh's hint) takes over.
+                    if let Some(why) = again
+                        && !hint_followed
+                    {
+                        tracing::warn!(cert = %cert.name, reason = %why, "the CA asks for a renewal now; renewing again shortly");
+                        hint_followed = true;
+                        tokio::select! {
+                            () = tokio::time::sleep(HINT_PAUSE) => {},
+                            () = wake.notified() => {}
+                        }
+                        asked = true;
+                    } else {
+                        hint_followed = false;
+                    }
                 }
                 Err(f) => {
                     let mut wait = backoff(

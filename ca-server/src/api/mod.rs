@@ -335,7 +335,7 @@ async fn enroll(
             service: req.service,
         })
         .await?;
-    Ok(issued_response(out))
+    Ok(issued_with_hint(&st, out).await)
 }
 
 async fn renew(
@@ -375,7 +375,28 @@ async fn renew(
             service: req.service,
         })
         .await?;
-    Ok(issued_response(out))
+    Ok(issued_with_hint(&st, out).await)
+}
+
+/// The issuance answer, with the renew-now hint when the issuer turns out to be revoked or
+/// retiring already (this server's view of the authorities may be a moment old). The
+/// certificate is stored by now: a failed look-up only leaves the hint out.
+async fn issued_with_hint(st: &AppState, out: IssueOutput) -> Response {
+    let hint = match st.ca.issuer_hint(&out.record.issuer_id).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "issuer state not read for the renew-now hint");
+            None
+        }
+    };
+    let mut resp = issued_response(out);
+    if let Some(hint) = hint {
+        resp.headers_mut().insert(
+            ca_wire::client::RENEW_NOW_HEADER,
+            HeaderValue::from_static(hint.as_str()),
+        );
+    }
+    resp
 }
 
 fn pem_response(pem: String) -> Response {

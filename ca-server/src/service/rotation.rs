@@ -426,9 +426,16 @@ impl Ca {
         let Some(rec) = self.store.certificate(serial).await? else {
             return Ok(None);
         };
+        self.issuer_hint(&rec.issuer_id).await
+    }
+
+    /// Whether certificates of `issuer_id` should be renewed at once, and why. Issuance
+    /// answers carry it too: a server whose snapshot of the authorities is a moment old may
+    /// still issue from an intermediate another server has just revoked.
+    pub async fn issuer_hint(&self, issuer_id: &str) -> Result<Option<RenewHint>, ServiceError> {
         // The issuer's row itself, not the snapshot (re-read every few seconds): a compromise
         // is reported from the moment it is committed.
-        let Some(issuer) = self.store.authority(&rec.issuer_id).await? else {
+        let Some(issuer) = self.store.authority(issuer_id).await? else {
             return Ok(None);
         };
         if issuer.revoked_at.is_some() {
@@ -1268,6 +1275,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_enrollment_answered_from_a_stale_view_of_the_issuers_says_renew_now() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let (a, _ac, b, _bc) = replicas(dir.path()).await;
+        let b = Arc::new(b);
+        let app = crate::api::router(crate::api::AppState {
+            ca: b.clone(),
+            metrics: None,
+            max_body: 64 * 1024,
+        });
+        let enroll = |token: ca_wire::EnrollmentToken| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .expect("csr")
+                .pem()
+                .expect("pem");
+            let body = serde_json::to_vec(&ca_wire::EnrollRequest {
+                token,
+                csr,
+                dns: vec![],
+                ips: vec![],
+                ttl: None,
+                env: None,
+                service: None,
+            })
+            .expect("json");
+            axum::http::Request::post("/v1/enroll")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .expect("request")
+        };
+        let token = || async {
+            a.create_token(crate::service::TokenInput {
+                env: "dev".into(),
+                service: "api".into(),
+                ttl: None,
+                uses: 1,
+                actor: "cli:test".into(),
+            })
+            .await
+            .expect("token")
+            .token
+        };
+        let hint = |r: &axum::response::Response| {
+            r.headers()
+                .get(ca_wire::client::RENEW_NOW_HEADER)
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+        };
+
+        let r = app
+            .clone()
+            .oneshot(enroll(token().await))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 201);
+        assert_eq!(hint(&r), None, "an active issuer");
+        a.rotate(rotate_env("dev", true)).await.expect("rotate");
+        // b has not re-read the issuers: it still signs with the revoked one, and says so.
+        let r = app
+            .clone()
+            .oneshot(enroll(token().await))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 201);
+        assert_eq!(hint(&r).as_deref(), Some("issuer-revoked"));
+        b.refresh_authorities().await.expect("refresh");
+        let r = app
+            .clone()
+            .oneshot(enroll(token().await))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 201);
+        assert_eq!(hint(&r), None, "issued by dev.2");
+    }
+
+    #[tokio::test]
     async fn a_compromised_intermediate_is_revoked_on_the_root_crl_and_replaced_at_once() {
         let dir = tempfile::tempdir().expect("tmp");
         let (a, _ac, b, _bc) = replicas(dir.path()).await;
@@ -1275,7 +1359,16 @@ mod tests {
         let old_serial: crate::pki::Serial = old.record.serial.parse().expect("serial");
         let out = a.rotate(rotate_env("dev", true)).await.expect("rotate");
         assert_eq!(out.created[0].id, "dev.2");
+        // Before its snapshot is refreshed, the other server still issues from the revoked
+        // intermediate; the issuer's row says so, and the answer tells the holder to renew.
+        let stale = b.issue(leaf(&b)).await.expect("leaf");
+        assert_eq!(stale.record.issuer_id, "dev");
+        assert_eq!(
+            b.issuer_hint(&stale.record.issuer_id).await.expect("hint"),
+            Some(RenewHint::IssuerRevoked)
+        );
         b.refresh_authorities().await.expect("refresh");
+        assert_eq!(b.issuer_hint("dev.2").await.expect("hint"), None);
         assert_eq!(
             b.issue(leaf(&b)).await.expect("leaf").record.issuer_id,
             "dev.2",
