@@ -267,7 +267,7 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     // longer than the SIGSTOP, so a stopped holder keeps the job rather than run beside another.
     std::fs::write(
         &config,
-        "crl_refresh = \"* * * * * *\"\njob_lease = \"30s\"\n\n[database]\nmax_connections = 4\nacquire_timeout = \"2s\"\n",
+        "crl_refresh = \"* * * * * *\"\njob_lease = \"15s\"\n\n[database]\nmax_connections = 4\nacquire_timeout = \"2s\"\n",
     )
     .expect("config");
 
@@ -280,7 +280,10 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     ca.issue("prod", "ops", &[], &admin, &[]).expect_code(0);
     let (admin_cert, admin_key) = (admin.join("cert.pem"), admin.join("key.pem"));
 
-    let csr_body = |name: &str| -> (PathBuf, PathBuf) {
+    // Every enrolling client has a token of its own: one CI token allows 1,000 uses.
+    let revoker_token = ca.ci_token(1000);
+    let second_token = ca.ci_token(1000);
+    let csr_body_with = |name: &str, token: &str| -> (PathBuf, PathBuf) {
         let key = ca.path(&format!("{name}.key"));
         let csr = openssl_p256_csr(&key, &ca.path(&format!("{name}.csr")), "api");
         let body = ca.path(&format!("{name}.enroll.json"));
@@ -293,9 +296,13 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
         std::fs::write(&renew, serde_json::json!({ "csr": csr }).to_string()).expect("body");
         (key, body)
     };
+    let csr_body = |name: &str| csr_body_with(name, &token);
     let (key_a, enroll_a) = csr_body("a");
+    let (key_r, enroll_r) = csr_body_with("r", &revoker_token);
+    let (_, enroll_second) = csr_body_with("second", &second_token);
     let (key_b, _) = csr_body("b");
     let (renew_a, renew_b) = (ca.path("a.renew.json"), ca.path("b.renew.json"));
+    let renew_r = ca.path("r.renew.json");
 
     let shared = Arc::new(Shared {
         endpoints: Mutex::new(Vec::new()),
@@ -320,8 +327,8 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut clients = Vec::new();
     // Enrollments with the CI token.
-    for n in 0..2 {
-        let (shared, root, body) = (shared.clone(), root.clone(), enroll_a.clone());
+    for (n, body) in [enroll_a.clone(), enroll_second].into_iter().enumerate() {
+        let (shared, root) = (shared.clone(), root.clone());
         clients.push(std::thread::spawn(move || {
             let mut i = n;
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -389,8 +396,8 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     // Revocations through the admin API, each checked at every running replica within 1 s.
     {
         let (shared, root, dir) = (shared.clone(), root.clone(), cluster.ca.path("revoker"));
-        let (admin_cert, admin_key, key) = (admin_cert.clone(), admin_key.clone(), key_a.clone());
-        let (enroll, renew) = (enroll_a.clone(), renew_b.clone());
+        let (admin_cert, admin_key, key) = (admin_cert.clone(), admin_key.clone(), key_r.clone());
+        let (enroll, renew) = (enroll_r.clone(), renew_r.clone());
         std::fs::create_dir_all(&dir).expect("dir");
         clients.push(std::thread::spawn(move || {
             let (cert, body) = (dir.join("cert.pem"), dir.join("revoke.json"));
@@ -416,6 +423,10 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
                 let admin = Some((admin_cert.as_path(), admin_key.as_path()));
                 match spread(&shared, i + 1, "/v1/admin/revoke", &root, &body, admin) {
                     Some((200, _)) => {}
+                    // Only this client revokes its fresh certificates: an earlier attempt that
+                    // committed but whose answer never came (the client then tried another
+                    // replica).
+                    Some((409, json)) if json.contains("already revoked") => {}
                     Some((code, json)) => {
                         shared.violation(format!("revoke answered {code}: {json}"));
                         continue;
@@ -517,25 +528,94 @@ fn three_replicas_on_postgres_lose_nothing_through_faults() {
     cluster.publish();
 
     cluster.phase("sigkill-job-holder");
-    let owner = cluster.psql_lines("SELECT owner FROM job_leases WHERE job = 'crl-refresh'");
-    let holder_pid: u32 = owner
-        .first()
-        .and_then(|o| o.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the job has run");
-    let holder = (0..REPLICAS)
-        .find(|&i| cluster.replicas[i].as_ref().and_then(Server::pid) == Some(holder_pid))
-        .expect("the holder is one of the replicas");
-    let killed_at: i64 = cluster.psql_lines("SELECT EXTRACT(EPOCH FROM now())::bigint")[0]
-        .parse()
-        .expect("now");
-    cluster.set_running(holder, false);
-    cluster.replicas[holder]
-        .as_ref()
-        .expect("replica")
-        .signal("KILL");
+    // Kill the holder in the middle of a run: a transaction holding the CRL counter rows for a
+    // few seconds makes the next run wait inside its lease, unfinished, until the kill.
+    let live_pids = |c: &Cluster| -> Vec<u32> {
+        c.replicas
+            .iter()
+            .filter_map(|r| r.as_ref().and_then(Server::pid))
+            .collect()
+    };
+    // First the lease of the replica killed before must have run out or been taken over.
+    let settle = Instant::now();
+    while cluster
+        .psql_lines("SELECT owner FROM job_leases WHERE job = 'crl-refresh' AND finished = 0")
+        .iter()
+        .filter_map(|o| o.rsplit(':').next().and_then(|p| p.parse::<u32>().ok()))
+        .any(|pid| !live_pids(&cluster).contains(&pid))
+    {
+        assert!(
+            settle.elapsed() < Duration::from_secs(30),
+            "the killed replica's lease never ran out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (holder, holder_pid, held_period, killed_at) = std::thread::scope(|scope| {
+        let (pg, url) = (&cluster.pg, cluster.url.as_str());
+        let blocker = scope.spawn(move || {
+            pg.psql(
+                url,
+                "BEGIN; SELECT 1 FROM crl_numbers FOR UPDATE; SELECT pg_sleep(3); COMMIT;",
+            )
+        });
+        let lease = || {
+            cluster.psql_lines(
+                "SELECT owner || ' ' || period FROM job_leases \
+                 WHERE job = 'crl-refresh' AND finished = 0",
+            )
+        };
+        let poll_until = Instant::now() + Duration::from_secs(3);
+        let held = loop {
+            // Still unfinished a moment later: this run waits on the held rows.
+            if let Some(l) = lease().into_iter().next() {
+                std::thread::sleep(Duration::from_millis(300));
+                if lease().first() == Some(&l) {
+                    break l;
+                }
+            }
+            assert!(
+                Instant::now() < poll_until,
+                "no run of the scheduled job waited on the held CRL counters"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (owner, period) = held.split_once(' ').expect("owner and period");
+        let holder_pid: u32 = owner
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("owner pid");
+        let holder = (0..REPLICAS)
+            .find(|&i| cluster.replicas[i].as_ref().and_then(Server::pid) == Some(holder_pid))
+            .expect("the holder is one of the replicas");
+        let killed_at: i64 = cluster.psql_lines("SELECT EXTRACT(EPOCH FROM now())::bigint")[0]
+            .parse()
+            .expect("now");
+        cluster.set_running(holder, false);
+        cluster.replicas[holder]
+            .as_ref()
+            .expect("replica")
+            .signal("KILL");
+        blocker.join().expect("blocking transaction");
+        (
+            holder,
+            holder_pid,
+            period.parse::<i64>().expect("period"),
+            killed_at,
+        )
+    });
+    let unfinished = cluster.psql_lines(&format!(
+        "SELECT finished_at IS NULL FROM job_runs WHERE job = 'crl-refresh' \
+         AND period = {held_period}"
+    ));
+    assert_eq!(
+        unfinished,
+        ["t"],
+        "the killed holder's run (period {held_period}) is recorded unfinished"
+    );
     cluster.let_load_run(30, Duration::from_secs(60));
-    // Another replica takes the job over (at the latest once the killed one's lease ran out).
+    // Another replica takes the job over (at the latest once the killed one's lease ran out;
+    // the end of the test checks that no run started before that).
     let start = Instant::now();
     loop {
         let later = cluster.psql_lines(&format!(
