@@ -6,8 +6,9 @@
 #   scripts/bench.sh issuance     durable issuance beside cfssl in the same run (about 5 minutes):
 #                                 enroll (CI token), renew over mTLS with keep-alive, renew with a
 #                                 new TLS connection each time; concurrency 1, 8, 32
-#   scripts/bench.sh footprint    ca-agent idle RSS, `ca-agent issue` wall time, ca-server start time
-#                                 with 1,000,000 stored certificates (about 2 minutes)
+#   scripts/bench.sh footprint    ca-agent idle RSS, ca-server RSS with 10,000 idle TLS connections,
+#                                 `ca-agent issue` wall time, ca-server start time with 1,000,000
+#                                 stored certificates (about 2 minutes)
 #   scripts/bench.sh postgres     enroll (CI token) on SQLite (one server) beside PostgreSQL with one
 #                                 and with three replicas sharing a throwaway cluster (the load
 #                                 spread over the three); concurrency 8, 32 (about 3 minutes)
@@ -65,12 +66,13 @@ revocation() {
     cargo bench --locked -p ca-server --bench revocation
 }
 
-# Builds the load generator (ca-server/benches/issuance_load.rs) and prints its path.
+# Builds bench binary $1 of ca-server/benches/ (default: the load generator, issuance_load) and
+# prints its path.
 load_generator() {
-    local load
-    load=$(cargo bench --locked -p ca-server --bench issuance_load --no-run --message-format=json 2>/dev/null \
-        | grep -o '"executable":"[^"]*issuance_load[^"]*"' | tail -1 | cut -d'"' -f4)
-    [ -x "$load" ] || { echo "error: the load generator did not build" >&2; exit 1; }
+    local name="${1:-issuance_load}" load
+    load=$(cargo bench --locked -p ca-server --bench "$name" --no-run --message-format=json 2>/dev/null \
+        | grep -o "\"executable\":\"[^\"]*$name[^\"]*\"" | tail -1 | cut -d'"' -f4)
+    [ -x "$load" ] || { echo "error: $name did not build" >&2; exit 1; }
     echo "$load"
 }
 
@@ -243,6 +245,14 @@ TOML
         END {printf "ca-agent run, idle with one certificate: RSS %.1f MiB (private %.1f MiB; %.1f MiB are pages of the binary and libc, shared)\n", kb["VmRSS:"]/1024, kb["RssAnon:"]/1024, kb["RssFile:"]/1024}' \
         "/proc/$agent_pid/status"
 
+    # ca-server serve with 10,000 idle TLS connections (each sent one request, then nothing).
+    local idle
+    idle=$(load_generator idle_connections)
+    $bin bundle --data-dir "$tmp/ca" --env dev > "$tmp/bundle.pem" 2>/dev/null
+    "$idle" --url "$url" --ca-bundle "$tmp/bundle.pem" --pid "$(cat "$tmp/serve.out.pid")" \
+        --connections "${BENCH_IDLE_CONNECTIONS:-10000}" --hold 15 \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print("ca-server serve with %d idle TLS connections (%d failed%s, opened in %.1f s): RSS %.1f MiB, %.1f MiB before, %.1f KiB per connection; %d of its descriptors still open after %d s idle (%d before)" % (r["connections_open"], r["failures"], ": " + r["first_error"] if r["first_error"] else "", r["opened_in_s"], r["server_rss_with_mib"], r["server_rss_before_mib"], r["kib_per_connection"], r["server_fds_after_hold"], r["held_s"], r["server_fds_before"]))'
+
     # ca-agent issue, one-shot: 20 runs, median wall time.
     local times=()
     for i in $(seq 1 20); do
@@ -258,11 +268,17 @@ TOML
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "ca-agent issue, one-shot: median %.1f ms, min %.1f ms, max %.1f ms (20 runs, including process start and the pinned-root fetch)\n", a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
 
     # ca-server serve start with 1,000,000 stored certificates (rows made with SQL; the start does
-    # not read them).
-    kill "$(cat "$tmp/serve.out.pid")" 2>/dev/null || true
+    # not read them). The server is stopped and waited for: it holds the database until it exits.
+    local server_pid
+    server_pid=$(cat "$tmp/serve.out.pid")
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
     local pem
     pem=$(sed -n '1,/END CERTIFICATE/p' "$tmp/issue-1/cert.pem")
-    sqlite3 "$tmp/ca/ca.db" <<SQL
+    sqlite3 "$tmp/ca/ca.db" > /dev/null <<SQL
 PRAGMA journal_mode=WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
