@@ -255,6 +255,134 @@ mod tests {
         assert!(shown.contains("db.internal"), "{shown}");
     }
 
+    /// Two servers on one database, their clocks frozen so a cached OCSP answer never expires
+    /// by time: a revocation through one must still change the other's answer at once, through
+    /// the NOTIFY sent inside the revoke transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_on_one_server_drops_cached_ocsp_answers_on_another() {
+        use crate::service::{Ca, CaLifetimes, CaOptions, IssueInput, RevokeInput, RevokeTarget};
+        use std::sync::Arc;
+        let pg = temp_postgres::TempPostgres::start();
+        let url = pg.create_database("ocsp");
+        let settings = PgSettings::default();
+        let store = PgStore::connect(&url, &settings).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let policy =
+            crate::policy::Policy::from_toml(crate::service::testing::POLICY, "example.toml")
+                .expect("policy");
+        let now = time::OffsetDateTime::now_utc();
+        let built = crate::service::build_ca(
+            &policy,
+            "example.toml",
+            None,
+            CaLifetimes::default(),
+            &["localhost".to_string()],
+            false,
+            now,
+            "test",
+        )
+        .expect("build");
+        store.initialize(&built.new_ca).await.expect("init");
+        let mut servers = Vec::new();
+        for _ in 0..2 {
+            let store = PgStore::connect(&url, &settings).await.expect("connect");
+            let ca = Ca::open(
+                Arc::new(store),
+                Arc::new(crate::clock::ManualClock::new(now)),
+                policy.clone(),
+                None,
+                CaOptions::default(),
+            )
+            .await
+            .expect("open");
+            let ca = Arc::new(ca);
+            assert!(ca.watch_revocations().await.expect("listen"));
+            servers.push(ca);
+        }
+        let (a, b) = (&servers[0], &servers[1]);
+
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+            .into_bytes();
+        let leaf = a
+            .issue(IssueInput {
+                identity: crate::pki::Identity {
+                    env: "dev".into(),
+                    service: "api".into(),
+                },
+                dns: vec![],
+                ips: vec![],
+                ttl: None,
+                csr,
+                via: crate::store::IssuedVia::Cli,
+                actor: "cli:test".into(),
+            })
+            .await
+            .expect("issue");
+        // A request without a nonce (cacheable), made by openssl.
+        let dir = tempfile::tempdir().expect("tmp");
+        let issuer = dir.path().join("issuer.pem");
+        let chain = pem::parse_many(leaf.chain_pem.as_bytes()).expect("chain");
+        std::fs::write(&issuer, pem::encode(&chain[1])).expect("issuer");
+        let req = dir.path().join("req.der");
+        let made = std::process::Command::new("openssl")
+            .args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(&issuer)
+            .arg("-serial")
+            .arg(format!("0x{}", leaf.record.serial))
+            .arg("-reqout")
+            .arg(&req)
+            .output()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(made.status.success(), "{made:?}");
+        let req = std::fs::read(&req).expect("request");
+        let status = |der: Vec<u8>| {
+            let resp = dir.path().join("resp.der");
+            std::fs::write(&resp, der).expect("response");
+            let out = std::process::Command::new("openssl")
+                .args(["ocsp", "-noverify", "-resp_text", "-respin"])
+                .arg(&resp)
+                .output()
+                .expect("openssl");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("Cert Status: "))
+                .unwrap_or("none")
+                .to_string()
+        };
+        assert_eq!(status(b.ocsp(&req).await), "good");
+        assert_eq!(status(b.ocsp(&req).await), "good", "from the cache");
+
+        a.revoke(RevokeInput {
+            target: RevokeTarget::Serial(leaf.record.serial.parse().expect("serial")),
+            reason: crate::pki::RevocationReason::KeyCompromise,
+            actor: "cli:test".into(),
+            dry_run: false,
+        })
+        .await
+        .expect("revoke");
+        let started = std::time::Instant::now();
+        loop {
+            let now_status = status(b.ocsp(&req).await);
+            if now_status == "revoked" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the other server still answers {now_status}: its cache was not dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "the other server answered revoked after {:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_passes_the_conformance_suite() {
         let pg = temp_postgres::TempPostgres::start();
