@@ -847,6 +847,16 @@ pub(crate) mod testing {
     /// policies/example.toml.
     pub(crate) const POLICY: &str = include_str!("../../../policies/example.toml");
 
+    /// PEM of a CSR for a fresh P-256 key that asks for nothing beyond its key.
+    pub(crate) fn p256_csr_pem() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
     /// Builds the example policy's CA at `now` (sealed with `pass` when given) and initialises
     /// it in `dir/ca.db`; returns the policy and the store.
     pub(crate) async fn example_store(

@@ -1130,13 +1130,7 @@ mod tests {
     }
 
     fn leaf(ca: &Ca) -> crate::service::IssueInput {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .expect("csr")
-            .pem()
-            .expect("pem")
-            .into_bytes();
+        let csr = crate::service::testing::p256_csr_pem().into_bytes();
         let _ = ca;
         crate::service::IssueInput {
             identity: crate::pki::Identity {
@@ -1286,12 +1280,7 @@ mod tests {
             max_body: 64 * 1024,
         });
         let enroll = |token: ca_wire::EnrollmentToken| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .expect("csr")
-                .pem()
-                .expect("pem");
+            let csr = crate::service::testing::p256_csr_pem();
             let body = serde_json::to_vec(&ca_wire::EnrollRequest {
                 token,
                 csr,
@@ -1319,36 +1308,25 @@ mod tests {
             .expect("token")
             .token
         };
-        let hint = |r: &axum::response::Response| {
+        // Enrolls through b's router: the renew-now hint of the answer.
+        let hint = || async {
+            let r = app
+                .clone()
+                .oneshot(enroll(token().await))
+                .await
+                .expect("answer");
+            assert_eq!(r.status(), 201);
             r.headers()
                 .get(ca_wire::client::RENEW_NOW_HEADER)
                 .map(|v| v.to_str().unwrap_or("?").to_string())
         };
 
-        let r = app
-            .clone()
-            .oneshot(enroll(token().await))
-            .await
-            .expect("answer");
-        assert_eq!(r.status(), 201);
-        assert_eq!(hint(&r), None, "an active issuer");
+        assert_eq!(hint().await, None, "an active issuer");
         a.rotate(rotate_env("dev", true)).await.expect("rotate");
         // b has not re-read the issuers: it still signs with the revoked one, and says so.
-        let r = app
-            .clone()
-            .oneshot(enroll(token().await))
-            .await
-            .expect("answer");
-        assert_eq!(r.status(), 201);
-        assert_eq!(hint(&r).as_deref(), Some("issuer-revoked"));
+        assert_eq!(hint().await.as_deref(), Some("issuer-revoked"));
         b.refresh_authorities().await.expect("refresh");
-        let r = app
-            .clone()
-            .oneshot(enroll(token().await))
-            .await
-            .expect("answer");
-        assert_eq!(r.status(), 201);
-        assert_eq!(hint(&r), None, "issued by dev.2");
+        assert_eq!(hint().await, None, "issued by dev.2");
     }
 
     #[tokio::test]

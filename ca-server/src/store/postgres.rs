@@ -301,13 +301,7 @@ mod tests {
         }
         let (a, b) = (&servers[0], &servers[1]);
 
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .expect("csr")
-            .pem()
-            .expect("pem")
-            .into_bytes();
+        let csr = crate::service::testing::p256_csr_pem().into_bytes();
         let leaf = a
             .issue(IssueInput {
                 identity: crate::pki::Identity {
