@@ -229,7 +229,7 @@ async fn init_postgres(
     a: &InitArgs,
     root_key: Option<&str>,
 ) -> CliResult<()> {
-    let store = PgStore::connect(url, &PgSettings::default()).await?;
+    let store = PgStore::connect(url, &PgSettings::for_migrations()).await?;
     let result = async {
         store.migrate().await?;
         if store.settings().await?.is_some() {

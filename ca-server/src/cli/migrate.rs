@@ -21,7 +21,7 @@ pub(super) async fn migrate(cli: &Cli, a: &MigrateArgs) -> CliResult<()> {
     let place = location(cli)?;
     let (before, after) = match place {
         Location::Postgres(url) => {
-            let store = PgStore::connect(url, &PgSettings::default()).await?;
+            let store = PgStore::connect(url, &PgSettings::for_migrations()).await?;
             let result = store.migrate().await;
             store.close().await;
             result?

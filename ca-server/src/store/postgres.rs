@@ -64,6 +64,17 @@ impl Default for PgSettings {
 }
 
 impl PgSettings {
+    /// For `ca-server migrate`: no statement limit, since a migration may build an index over
+    /// millions of certificates (each migration runs in its own transaction, so one that fails
+    /// leaves its version unapplied).
+    pub fn for_migrations() -> PgSettings {
+        PgSettings {
+            max_connections: 1,
+            statement_timeout: HumanDuration(time::Duration::ZERO),
+            ..PgSettings::default()
+        }
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=100).contains(&self.max_connections) {
@@ -386,8 +397,22 @@ mod tests {
             Err(StoreError::SchemaOutdated { found: 0, .. }) => {}
             other => panic!("an empty database must need `migrate`, got {other:?}"),
         }
-        let store = PgStore::connect(&url, &settings).await.expect("connect");
+        let store = PgStore::connect(&url, &PgSettings::for_migrations())
+            .await
+            .expect("connect");
+        let limit: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&store.pool)
+            .await
+            .expect("show");
+        assert_eq!(limit, "0", "migrations run without a statement limit");
         let (before, after) = store.migrate().await.expect("migrate");
+        store.close().await;
+        let store = PgStore::connect(&url, &settings).await.expect("connect");
+        let limit: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&store.pool)
+            .await
+            .expect("show");
+        assert_eq!(limit, "10s", "servers keep theirs");
         assert_eq!(before, 0);
         assert_eq!(store.migrate().await.expect("again"), (after, after));
         store.check_schema().await.expect("current");
