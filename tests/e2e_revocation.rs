@@ -4,9 +4,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::nginx::{Nginx, Site};
 use support::{Server, TestCa, curl, openssl, s};
 
 const API_DEV: &str = "api.dev.svc.example.internal";
@@ -558,136 +558,19 @@ fn offline_root_crl_is_made_with_the_root_key_file() {
     assert!(served.exists());
 }
 
-/// nginx from Debian as an independent mTLS server: it trusts our bundle and checks our CRLs.
-struct Nginx {
-    prefix: PathBuf,
-    conf: PathBuf,
-    socket: PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl Nginx {
-    fn start(dir: &Path, server: &Path, client_ca: &Path, crls: &Path) -> Nginx {
-        let prefix = dir.join("nginx");
-        std::fs::create_dir_all(prefix.join("logs")).expect("prefix");
-        let socket = prefix.join("tls.sock");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen unix:{socket} ssl;
-        server_name web.dev.svc.example.internal;
-        ssl_certificate {server}/chain.pem;
-        ssl_certificate_key {server}/key.pem;
-        ssl_client_certificate {client_ca};
-        ssl_verify_client on;
-        ssl_verify_depth 2;
-        ssl_crl {crls};
-        location / {{ return 200 "hello $ssl_client_s_dn_legacy\n"; }}
-    }}
-}}
-"#,
-                prefix = s(&prefix),
-                socket = s(&socket),
-                server = s(server),
-                client_ca = s(client_ca),
-                crls = s(crls),
-            ),
-        )
-        .expect("conf");
-        let child = Command::new(nginx_binary())
-            .args(["-p", s(&prefix), "-c", s(&conf)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nginx (scripts/test.sh installs it)");
-        let mut n = Nginx {
-            prefix,
-            conf,
-            socket,
-            child: Some(child),
-        };
-        let start = Instant::now();
-        while !n.socket.exists() {
-            if start.elapsed() > Duration::from_secs(15) {
-                let log =
-                    std::fs::read_to_string(n.prefix.join("logs/error.log")).unwrap_or_default();
-                n.stop();
-                panic!("nginx did not start:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        n
-    }
-
-    fn reload(&self) {
-        let st = Command::new(nginx_binary())
-            .args(["-p", s(&self.prefix), "-c", s(&self.conf), "-s", "reload"])
-            .stderr(Stdio::null())
-            .status()
-            .expect("nginx -s reload");
-        assert!(st.success());
-    }
-
-    fn get(&self, root: &Path, cert: &Path, key: &Path) -> support::Http {
-        curl(&[
-            "--unix-socket",
-            s(&self.socket),
-            "--cacert",
-            s(root),
-            "--cert",
-            s(cert),
-            "--key",
-            s(key),
-            "https://web.dev.svc.example.internal/",
-        ])
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new(nginx_binary())
-                .args(["-p", s(&self.prefix), "-c", s(&self.conf), "-s", "stop"])
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn nginx_binary() -> &'static str {
-    if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    }
+/// A request to `nginx` with a client certificate.
+fn nginx_get(nginx: &Nginx, root: &Path, cert: &Path, key: &Path) -> support::Http {
+    curl(&[
+        "--unix-socket",
+        s(&nginx.socket),
+        "--cacert",
+        s(root),
+        "--cert",
+        s(cert),
+        "--key",
+        s(key),
+        "https://web.dev.svc.example.internal/",
+    ])
 }
 
 #[test]
@@ -698,9 +581,24 @@ fn nginx_refuses_a_revoked_client_after_a_crl_refresh() {
     let spare = pki.issue("spare", "api", API_DEV);
     let crls = pki.ca.path("nginx-crls.pem");
     std::fs::copy(pki.crls(), &crls).expect("crls");
-    let nginx = Nginx::start(pki.ca.tmp.path(), &web, &pki.dev_bundle, &crls);
+    // nginx from Debian as an independent mTLS server: it trusts our bundle and checks our CRLs.
+    let nginx = Nginx::start(
+        pki.ca.tmp.path(),
+        &Site {
+            name: "web.dev.svc.example.internal",
+            server_dir: &web,
+            client_ca: &pki.dev_bundle,
+            verify_depth: 2,
+            crl: Some(&crls),
+        },
+    );
 
-    let ok = nginx.get(&pki.root, &client.join("cert.pem"), &client.join("key.pem"));
+    let ok = nginx_get(
+        &nginx,
+        &pki.root,
+        &client.join("cert.pem"),
+        &client.join("key.pem"),
+    );
     assert_eq!(ok.status, 200, "{ok:?}");
     assert!(ok.body.contains("CN=api"), "{}", ok.body);
 
@@ -713,7 +611,12 @@ fn nginx_refuses_a_revoked_client_after_a_crl_refresh() {
     // A reload swaps workers; new handshakes see the new CRL within moments.
     let start = Instant::now();
     loop {
-        let r = nginx.get(&pki.root, &client.join("cert.pem"), &client.join("key.pem"));
+        let r = nginx_get(
+            &nginx,
+            &pki.root,
+            &client.join("cert.pem"),
+            &client.join("key.pem"),
+        );
         if r.status == 400 {
             assert!(r.body.contains("SSL certificate error"), "{}", r.body);
             break;
@@ -724,7 +627,12 @@ fn nginx_refuses_a_revoked_client_after_a_crl_refresh() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let still = nginx.get(&pki.root, &spare.join("cert.pem"), &spare.join("key.pem"));
+    let still = nginx_get(
+        &nginx,
+        &pki.root,
+        &spare.join("cert.pem"),
+        &spare.join("key.pem"),
+    );
     assert_eq!(
         still.status, 200,
         "an unrevoked certificate still works: {still:?}"

@@ -7,13 +7,14 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::nginx::{Nginx, Site};
 use support::{Agent, Run, Server, TestCa, openssl, run_bounded, s};
 
 const WEB_DEV: &str = "web.dev.svc.example.internal";
@@ -441,139 +442,18 @@ fn read_leaf(out: &Path) -> Option<Leaf> {
 // ---------------------------------------------------------------------------------------------
 // nginx and the client loop
 
-/// nginx as the mTLS server: its certificate and client trust store are the web agent's files;
-/// the agent's reload hook sends SIGHUP to its master.
-struct Nginx {
-    prefix: PathBuf,
-    conf: PathBuf,
-    socket: PathBuf,
-    child: Option<std::process::Child>,
-}
-
-fn nginx_binary() -> &'static str {
-    if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    }
-}
-
-impl Nginx {
-    /// The prefix directory nginx will use under `dir` (the reload hook needs its pid file).
-    fn prefix(dir: &Path) -> PathBuf {
-        dir.join("nginx")
-    }
-
-    /// A reload hook (shell) that sends SIGHUP to the nginx master of `prefix`, if it runs.
-    fn reload_hook(prefix: &Path) -> String {
-        let pid = prefix.join("nginx.pid");
-        format!(
-            "p=$(cat {pid} 2>/dev/null) && grep -q nginx /proc/$p/comm 2>/dev/null && kill -HUP $p; true",
-            pid = s(&pid)
-        )
-    }
-
-    fn start(dir: &Path, web_out: &Path) -> Nginx {
-        let prefix = Nginx::prefix(dir);
-        std::fs::create_dir_all(prefix.join("logs")).expect("prefix");
-        let socket = prefix.join("tls.sock");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen unix:{socket} ssl;
-        server_name {name};
-        ssl_certificate {out}/chain.pem;
-        ssl_certificate_key {out}/key.pem;
-        ssl_client_certificate {out}/bundle.pem;
-        ssl_verify_client on;
-        ssl_verify_depth 3;
-        location / {{ return 200 "hello $ssl_client_s_dn\n"; }}
-    }}
-}}
-"#,
-                prefix = s(&prefix),
-                socket = s(&socket),
-                name = WEB_DEV,
-                out = s(web_out),
-            ),
-        )
-        .expect("conf");
-        let child = Command::new(nginx_binary())
-            .args(["-p", s(&prefix), "-c", s(&conf)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (scripts/test.sh installs it)");
-        let mut n = Nginx {
-            prefix,
-            conf,
-            socket,
-            child: Some(child),
-        };
-        let start = Instant::now();
-        while !(n.socket.exists() && n.prefix.join("nginx.pid").exists()) {
-            if start.elapsed() > Duration::from_secs(15) {
-                let log = n.log();
-                n.stop();
-                panic!("nginx did not start:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        n
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
-    }
-
-    /// The leaf nginx serves now (openssl s_client).
-    fn served_leaf(&self) -> Option<String> {
-        let mut c = Command::new("openssl");
-        c.args(["s_client", "-unix", s(&self.socket), "-servername", WEB_DEV]);
-        let run = run_bounded(c, Duration::from_secs(15));
-        pem_certs(&run.stdout).into_iter().next()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new(nginx_binary())
-                .args(["-p", s(&self.prefix), "-c", s(&self.conf), "-s", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The leaf `nginx` serves now (openssl s_client).
+fn served_leaf(nginx: &Nginx) -> Option<String> {
+    let mut c = Command::new("openssl");
+    c.args([
+        "s_client",
+        "-unix",
+        s(&nginx.socket),
+        "-servername",
+        WEB_DEV,
+    ]);
+    let run = run_bounded(c, Duration::from_secs(15));
+    pem_certs(&run.stdout).into_iter().next()
 }
 
 /// One HTTPS request to nginx over its unix socket: `anchors` verify the server, `chain` and
@@ -714,7 +594,18 @@ impl Mtls {
         let client = pki.host("client", "api", API_DEV, "10m", "true");
         web.wait_enrolled();
         client.wait_enrolled();
-        let nginx = Nginx::start(pki.ca.tmp.path(), &web.out);
+        // nginx as the mTLS server: its certificate and client trust store are the web agent's
+        // files; the agent's reload hook sends SIGHUP to its master.
+        let nginx = Nginx::start(
+            pki.ca.tmp.path(),
+            &Site {
+                name: WEB_DEV,
+                server_dir: &web.out,
+                client_ca: &web.out.join("bundle.pem"),
+                verify_depth: 3,
+                crl: None,
+            },
+        );
         let traffic = Traffic::start(&nginx.socket, &client.out);
         let rig = Mtls {
             traffic: Some(traffic),
@@ -781,10 +672,7 @@ impl Mtls {
             || self.diag(),
             || {
                 let want = self.web.leaf().ok_or("no web leaf")?.cert;
-                let got = self
-                    .nginx
-                    .served_leaf()
-                    .ok_or("s_client saw no certificate")?;
+                let got = served_leaf(&self.nginx).ok_or("s_client saw no certificate")?;
                 if serial_of(&got) == serial_of(&want) {
                     Ok(())
                 } else {
