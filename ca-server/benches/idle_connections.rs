@@ -74,7 +74,9 @@ fn parse_args() -> Args {
     let pem =
         std::fs::read(need("ca-bundle")).unwrap_or_else(|e| fail(format!("--ca-bundle: {e}")));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem) {
+    let certs =
+        ca_wire::client::certs_from_pem(&pem).unwrap_or_else(|e| fail(format!("--ca-bundle: {e}")));
+    for cert in certs {
         roots
             .add(cert)
             .unwrap_or_else(|e| fail(format!("--ca-bundle: {e}")));
@@ -95,10 +97,6 @@ fn parse_args() -> Args {
             .unwrap_or_else(|_| fail("--hold: seconds"))
             .min(600),
     }
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    ca_wire::client::certs_from_pem(pem).unwrap_or_else(|e| fail(format!("--ca-bundle: {e}")))
 }
 
 /// One connection: TLS, one request, its answer read; then the stream, kept open.

@@ -111,31 +111,12 @@ impl From<JwsError> for AcmeError {
             _ => 400,
         };
         AcmeError {
-            kind: leak_kind(kind),
+            kind,
             status,
             detail: e.to_string(),
             location: None,
         }
     }
-}
-
-/// The static spelling of an ACME error type name.
-fn leak_kind(kind: &str) -> &'static str {
-    const KINDS: [&str; 8] = [
-        "malformed",
-        "badSignatureAlgorithm",
-        "badPublicKey",
-        "unauthorized",
-        "badNonce",
-        "serverInternal",
-        "connection",
-        "incorrectResponse",
-    ];
-    KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("malformed")
 }
 
 impl From<StoreError> for AcmeError {
@@ -345,14 +326,9 @@ impl std::fmt::Debug for AcmeServer {
     }
 }
 
-/// A random URL-safe id of `n` bytes.
-pub fn random_id<const N: usize>() -> Result<String, AcmeError> {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| AcmeError::internal("no randomness"))?;
-    Ok(jws::b64(&b))
+/// A random URL-safe id of `N` bytes.
+pub fn random_id<const N: usize>() -> Result<String, ServiceError> {
+    crate::service::random_bytes::<N>().map(|b| jws::b64(&b))
 }
 
 impl AcmeServer {
@@ -454,7 +430,7 @@ impl AcmeServer {
                 crate::duration::HumanDuration(max)
             )));
         }
-        let kid = random_id::<12>().map_err(|e| ServiceError::Invalid(e.detail))?;
+        let kid = random_id::<12>()?;
         let now = ca.now_unix();
         let key = AcmeEabKey {
             kid: kid.clone(),
@@ -1277,7 +1253,7 @@ impl AcmeServer {
             .await?
             .ok_or_else(|| AcmeError::not_found("no such certificate"))?;
         let now = self.ca.now_unix();
-        let hint = self.ca.renew_hint(&serial).await?;
+        let hint = self.ca.issuer_hint(&rec.issuer_id).await?;
         if rec.revoked_at.is_some() || hint.is_some() {
             return Ok((now - 3600, now - 1800));
         }

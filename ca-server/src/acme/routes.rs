@@ -17,11 +17,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::jws::{Jwk, Jws, KeyRef};
 use super::{AcmeError, AcmeServer, Order, authz_id, parse_authz_id};
+use crate::api::rfc3339;
 use crate::policy::AcmeMode;
 use crate::store::AcmeAccount;
 
@@ -107,13 +106,6 @@ async fn decorate(State(server): St, req: Request, next: Next) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
-}
-
-fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {

@@ -274,7 +274,8 @@ async fn ocsp_get(
     }
 }
 
-fn rfc3339(unix: i64) -> String {
+/// RFC 3339 text of Unix time `unix` (empty when out of range).
+pub(crate) fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
