@@ -1513,6 +1513,18 @@ fn rotation_from_the_cli_with_a_sealed_ca_and_an_offline_root() {
         all.to_uppercase().replace(':', "").contains(&serial),
         "the root CRL lists dev.3 ({serial}): {all}"
     );
+
+    // `crl --env dev` is the CRL of dev's active generation, dev.4.
+    let dev_crl = ca.path("dev.crl.pem");
+    ca.server(&["crl", "--env", "dev", "--out", s(&dev_crl)])
+        .expect_code(0)
+        .expect_stdout_contains("of dev.4");
+    let issuer = openssl(["crl", "-noout", "-issuer", "-in", s(&dev_crl)]);
+    assert!(
+        issuer.stdout.contains("dev Intermediate CA G4"),
+        "{}",
+        issuer.stdout
+    );
 }
 
 fn openssl_crl_text(pem: &str) -> String {

@@ -225,7 +225,7 @@ async fn revoke_remote(a: &RevokeArgs, url: &str, serial: Option<Serial>) -> Cli
 
 #[derive(Debug, Args)]
 pub(super) struct CrlArgs {
-    /// Environment whose CRL to issue (or --root).
+    /// Environment whose active intermediate's CRL to issue (or --root).
     #[arg(long, required_unless_present = "root", conflicts_with = "root")]
     env: Option<String>,
     /// Issue the root's CRL (for the intermediates).
@@ -243,7 +243,17 @@ pub(super) struct CrlArgs {
 pub(super) async fn crl(cli: &Cli, a: &CrlArgs) -> CliResult<()> {
     let ca = open_ca(cli).await?;
     let record = match (&a.env, a.root, &a.root_key) {
-        (Some(env), _, _) => ca.build_crl(env).await?,
+        // The environment's active intermediate (after a rotation, "dev" names generation 1).
+        (Some(env), _, _) => {
+            if !ca.policy().environments.contains_key(env) {
+                return Err(CliError::new(
+                    ErrorKind::NotFound,
+                    format!("no CRL for {env:?}: not an environment of the policy"),
+                ));
+            }
+            let (issuer, signer) = ca.issuer(env).await?;
+            ca.build_crl_with(&issuer.id, &signer).await?
+        }
         (None, true, None) => ca.build_crl(&super::ca::active_root_id(&ca)).await?,
         (None, true, Some(path)) => {
             let root_id = super::ca::active_root_id(&ca);
