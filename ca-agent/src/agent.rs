@@ -20,6 +20,9 @@ use crate::status::{Board, CertStatus, Health, now};
 use crate::validate::{CertInfo, Expect, validate, validate_public};
 use crate::writer::{Layout, Material, Ownership, replace_file};
 
+/// A certificate put in place, with the renew-now hint of the answer that brought it.
+type Issued = (CertInfo, Option<String>);
+
 /// How long after an issuance answer that asked for a renewal now the agent renews again:
 /// long enough for every server of the CA to see the issuer change.
 const HINT_PAUSE: Duration = Duration::from_secs(3);
@@ -215,9 +218,6 @@ pub struct Agent {
     acme: Acme,
     routes: HashMap<String, Route>,
     board: Arc<Board>,
-    /// Certificates whose issuance answer said to renew at once (their issuer was revoked or
-    /// retiring by the time they were issued), with the reason.
-    renew_again: std::sync::Mutex<HashMap<String, String>>,
 }
 
 fn resolve_id(spec: &Option<String>, db: &str) -> Result<Option<u32>, AgentError> {
@@ -371,7 +371,6 @@ impl Agent {
             acme,
             routes,
             board,
-            renew_again: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -554,7 +553,7 @@ impl Agent {
         cert: &CertConfig,
         layout: &Layout,
         token: &EnrollmentToken,
-    ) -> Result<CertInfo, Failure> {
+    ) -> Result<Issued, Failure> {
         let p = self.private()?;
         let key = new_key(&cert.key_type, &cert.service).map_err(|e| Failure::Other(e.message))?;
         let req = EnrollRequest {
@@ -575,7 +574,8 @@ impl Agent {
         self.issued(cert, layout, &key, reply, &url).await
     }
 
-    /// Publishes an issuance answer and remembers its renew-now hint, if any.
+    /// Publishes an issuance answer; returns it with its renew-now hint (the issuer was revoked
+    /// or retiring by the time it signed), if any.
     async fn issued(
         &self,
         cert: &CertConfig,
@@ -583,16 +583,11 @@ impl Agent {
         key: &KeyAndCsr,
         reply: ca_wire::client::Reply,
         url: &str,
-    ) -> Result<CertInfo, Failure> {
+    ) -> Result<Issued, Failure> {
         let hint = reply.renew_now.clone();
         let resp: CertificateResponse = reply.json(url).map_err(classify)?;
         let info = self.publish_private(cert, layout, key, &resp).await?;
-        if let Some(why) = hint
-            && let Ok(mut again) = self.renew_again.lock()
-        {
-            again.insert(cert.name.clone(), why);
-        }
-        Ok(info)
+        Ok((info, hint))
     }
 
     async fn renew_private(
@@ -601,7 +596,7 @@ impl Agent {
         layout: &Layout,
         key_pem: &str,
         chain_pem: &str,
-    ) -> Result<CertInfo, Failure> {
+    ) -> Result<Issued, Failure> {
         let p = self.private()?;
         // A client per renewal: its connections carry the current certificate and are dropped
         // with it once the new one is in place.
@@ -713,11 +708,17 @@ impl Agent {
                             self.renew_private(&cert, &layout, &cur.key, &cur.chain)
                                 .await
                         }
-                        Route::Acme => self.order_acme(&cert, &layout, Some(&cur.leaf)).await,
+                        Route::Acme => self
+                            .order_acme(&cert, &layout, Some(&cur.leaf))
+                            .await
+                            .map(|info| (info, None)),
                     }
                 }
                 None => match route {
-                    Route::Acme => self.order_acme(&cert, &layout, None).await,
+                    Route::Acme => self
+                        .order_acme(&cert, &layout, None)
+                        .await
+                        .map(|info| (info, None)),
                     Route::Private => match self.token() {
                         Some(token) => self.enroll(&cert, &layout, &token).await,
                         None => Err(Failure::NoToken),
@@ -725,7 +726,7 @@ impl Agent {
                 },
             };
             match result {
-                Ok(info) => {
+                Ok((info, again)) => {
                     attempt = 0;
                     revoked = false;
                     tracing::info!(cert = %cert.name, serial = %info.serial, not_after = info.not_after, "new certificate in place");
@@ -742,11 +743,6 @@ impl Agent {
                     let warning = crate::hooks::after_publish(&cert, &layout, &info.serial).await;
                     self.board
                         .update(&cert.name, |s| s.reload_warning = warning);
-                    let again = self
-                        .renew_again
-                        .lock()
-                        .ok()
-                        .and_then(|mut a| a.remove(&cert.name));
                     // Once in a row: the CA's servers refresh their view of the issuers within
                     // seconds, so a second answer with the hint means something else is wrong
                     // and the normal schedule (and the bundle refresh's hint) takes over.
@@ -819,25 +815,16 @@ impl Agent {
     /// certificate of a root rotation, carried in the chains during the overlap), saves them
     /// beside the pinned root, and talks to the CA with them from now on: when the old root
     /// leaves the bundles, this agent already trusts the new one.
-    fn learn_roots(&self, bundle_pem: &str) {
+    /// `links`: the CA certificates above the leaves of the current private certificates
+    /// ([`Agent::current_links`]).
+    fn learn_roots(&self, bundle_pem: &str, links: &[CertificateDer<'static>]) {
         let (Ok(p), Ok(bundle)) = (
             self.private(),
             ca_wire::client::certs_from_pem(bundle_pem.as_bytes()),
         ) else {
             return;
         };
-        let mut links = Vec::new();
-        for cert in &self.cfg.certs {
-            if self.routes[&cert.name] != Route::Private {
-                continue;
-            }
-            if let Some((_, _, chain)) = Layout::new(&cert.dir).read_current()
-                && let Ok(c) = ca_wire::client::certs_from_pem(chain.as_bytes())
-            {
-                links.extend(c.into_iter().skip(1));
-            }
-        }
-        let learned = crate::validate::linked_roots(&p.roots, &bundle, &links, now());
+        let learned = crate::validate::linked_roots(&p.roots, &bundle, links, now());
         if learned.is_empty() {
             return;
         }
@@ -880,10 +867,29 @@ impl Agent {
         }
     }
 
+    /// The CA certificates above the leaf in the current chains of the private certificates
+    /// (a root rotation's link certificate among them); only the chains are read.
+    fn current_links(&self) -> Vec<CertificateDer<'static>> {
+        let mut links = Vec::new();
+        for cert in &self.cfg.certs {
+            if self.routes[&cert.name] != Route::Private {
+                continue;
+            }
+            if let Some(v) = Layout::new(&cert.dir).current()
+                && let Ok(chain) = std::fs::read(v.join("chain.pem"))
+                && let Ok(c) = ca_wire::client::certs_from_pem(&chain)
+            {
+                links.extend(c.into_iter().skip(1));
+            }
+        }
+        links
+    }
+
     /// Refreshes trust bundles (and CRLs where asked) of every private certificate, and wakes a
     /// task whose certificate appears on its environment's CRL so it finds out at once.
     pub async fn refresh_trust(&self, wakers: &HashMap<String, Arc<Notify>>) {
         let Ok(p) = self.private() else { return };
+        let links = self.current_links();
         for cert in &self.cfg.certs {
             if self.routes[&cert.name] != Route::Private {
                 continue;
@@ -915,7 +921,7 @@ impl Agent {
                     }
                     match reply.text(&path) {
                         Ok(pem) => {
-                            self.learn_roots(&pem);
+                            self.learn_roots(&pem, &links);
                             if std::fs::read_to_string(layout.path("bundle.pem"))
                                 .ok()
                                 .as_deref()
