@@ -1092,21 +1092,19 @@ impl AcmeServer {
                 "the order is being finalized already",
             ));
         }
-        let issued = self
-            .ca
-            .issue(IssueInput {
-                identity: Identity {
-                    env: account.env.clone(),
-                    service: account.service.clone(),
-                },
-                dns: order.doc.identifiers.clone(),
-                ips: Vec::new(),
-                ttl: None,
-                csr,
-                via: IssuedVia::Acme,
-                actor: format!("acme:{}", account.id),
-            })
-            .await;
+        let input = IssueInput {
+            identity: Identity {
+                env: account.env.clone(),
+                service: account.service.clone(),
+            },
+            dns: order.doc.identifiers.clone(),
+            ips: Vec::new(),
+            ttl: None,
+            csr,
+            via: IssuedVia::Acme,
+            actor: format!("acme:{}", account.id),
+        };
+        let issued = self.ca.issue_screened(input, Ok(screened)).await;
         for _ in 0..10 {
             match &issued {
                 Ok(out) => {

@@ -650,7 +650,18 @@ impl Ca {
 
     /// Issues a leaf: [`Ca::prepare`] then [`Ca::complete`]. Refusals are audited.
     pub async fn issue(&self, input: IssueInput) -> Result<IssueOutput, ServiceError> {
-        let result = match self.prepare(&input) {
+        let csr = validate_csr(&input.csr).map_err(ServiceError::from);
+        self.issue_screened(input, csr).await
+    }
+
+    /// [`Ca::issue`] for a caller that already screened `input.csr` (its signature is verified
+    /// once per request, not twice); a screening error is refused and audited like any other.
+    pub(crate) async fn issue_screened(
+        &self,
+        input: IssueInput,
+        csr: Result<ValidatedCsr, ServiceError>,
+    ) -> Result<IssueOutput, ServiceError> {
+        let result = match csr.and_then(|csr| self.prepare_validated(&input, csr)) {
             Ok(p) => self.complete(&input, p, None).await,
             Err(e) => Err(e),
         };
