@@ -205,15 +205,15 @@ impl Ca {
     /// The OCSP issuer hashes of intermediate `id`, computed once.
     fn issuer_hashes(
         &self,
-        id: &str,
-        signer: &Signer,
+        authority: &crate::store::AuthorityRecord,
     ) -> Option<std::sync::Arc<ocsp::IssuerHashes>> {
         let mut cache = self.ocsp_issuers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = cache.get(id) {
+        if let Some(h) = cache.get(&authority.id) {
             return Some(h.clone());
         }
-        let h = std::sync::Arc::new(ocsp::IssuerHashes::of(signer.cert_der())?);
-        cache.insert(id.to_string(), h.clone());
+        let der = super::pem_to_der(&authority.cert_pem).ok()?;
+        let h = std::sync::Arc::new(ocsp::IssuerHashes::of(&der)?);
+        cache.insert(authority.id.clone(), h.clone());
         Some(h)
     }
 
@@ -454,12 +454,12 @@ impl Ca {
             std::sync::Arc<ocsp::IssuerHashes>,
         )> = None;
         let auth = self.authorities();
+        // The issuer is found by its certificate's hashes; only its key is opened.
         for a in auth.unretired_intermediates(now) {
-            let signer = self.signer(&a.id).await.map_err(internal)?;
-            let hashes = self.issuer_hashes(&a.id, &signer);
-            if let Some(hashes) = hashes
+            if let Some(hashes) = self.issuer_hashes(a)
                 && req.cert_ids.first().is_some_and(|id| id.matches(&hashes))
             {
+                let signer = self.signer(&a.id).await.map_err(internal)?;
                 issuer = Some((a.id.clone(), signer, hashes));
                 break;
             }
