@@ -555,8 +555,8 @@ impl Ca {
 
     /// Opens every signer the policy needs (all environments and the TLS issuer), so a wrong
     /// passphrase or a missing intermediate fails at start-up rather than on the first request.
+    /// Uses the authorities as last read ([`Ca::open`], then the servers' follower every 2 s).
     pub async fn load_signers(&self) -> Result<(), ServiceError> {
-        self.refresh_authorities().await?;
         for env in self.policy().environments.keys() {
             self.issuer(env).await?;
         }
