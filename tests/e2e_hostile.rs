@@ -1582,16 +1582,7 @@ fn run_cli(ca: &TestCa, c: &CliCase) -> Run {
                 std::fs::write(&pf, format!("{WRONG_PASSPHRASE}\n")).expect("write");
                 cmd.arg("--passphrase-file").arg(pf);
             }
-            for var in [
-                "CA_DATA_DIR",
-                "CA_DATABASE_URL",
-                "CA_POLICY",
-                "CA_PASSPHRASE",
-                "CA_PASSPHRASE_FILE",
-                "CA_CONFIG",
-            ] {
-                cmd.env_remove(var);
-            }
+            support::clear_ca_env(&mut cmd);
             run_bounded(cmd, Duration::from_secs(60))
         }
     }

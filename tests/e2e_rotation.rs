@@ -1421,15 +1421,7 @@ fn rotation_from_the_cli_with_a_sealed_ca_and_an_offline_root() {
         s(&new_key),
     ])
     .expect_code(0);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&new_key)
-            .expect("new key")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(support::mode(&new_key), 0o600);
     std::thread::sleep(ACTIVATION);
     assert_eq!(state(&ca, "root.2"), "active");
     assert_eq!(

@@ -239,6 +239,23 @@ where
     run_bounded(c, Duration::from_secs(30))
 }
 
+/// Removes the environment variables that stand for `ca-server` flags, so only the arguments a
+/// test gives count.
+pub fn clear_ca_env(c: &mut Command) {
+    for var in [
+        "CA_DATA_DIR",
+        "CA_DATABASE_URL",
+        "CA_POLICY",
+        "CA_PASSPHRASE",
+        "CA_PASSPHRASE_FILE",
+        "CA_PUBLIC_URL",
+        "CA_LISTEN",
+        "CA_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+}
+
 /// A CA data directory in a temp dir, driven through the `ca-server` binary.
 pub struct TestCa {
     pub tmp: tempfile::TempDir,
@@ -278,18 +295,7 @@ impl TestCa {
         if let Some(pf) = &self.passphrase_file {
             c.arg("--passphrase-file").arg(pf);
         }
-        for var in [
-            "CA_DATA_DIR",
-            "CA_DATABASE_URL",
-            "CA_POLICY",
-            "CA_PASSPHRASE",
-            "CA_PASSPHRASE_FILE",
-            "CA_PUBLIC_URL",
-            "CA_LISTEN",
-            "CA_CONFIG",
-        ] {
-            c.env_remove(var);
-        }
+        clear_ca_env(c);
     }
 
     /// Initialised with the example policy and no passphrase.

@@ -390,7 +390,11 @@ async fn issued_with_hint(st: &AppState, out: IssueOutput) -> Response {
             None
         }
     };
-    let mut resp = issued_response(out);
+    with_renew_hint(issued_response(out), hint)
+}
+
+/// `resp` with the `ca-renew-now` header when there is a hint.
+fn with_renew_hint(mut resp: Response, hint: Option<crate::service::RenewHint>) -> Response {
     if let Some(hint) = hint {
         resp.headers_mut().insert(
             ca_wire::client::RENEW_NOW_HEADER,
@@ -426,23 +430,21 @@ async fn bundle(
     q: Result<Query<BundleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let mut resp = pem_response(st.ca.bundle(&q.env).await?);
-    if let Some(serial) = &q.serial {
-        let serial: crate::pki::Serial = serial.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "serial: expected hexadecimal".to_string(),
-            )
-        })?;
-        if let Some(hint) = st.ca.renew_hint(&serial).await? {
-            resp.headers_mut().insert(
-                ca_wire::client::RENEW_NOW_HEADER,
-                HeaderValue::from_static(hint.as_str()),
-            );
+    let resp = pem_response(st.ca.bundle(&q.env).await?);
+    let hint = match &q.serial {
+        Some(serial) => {
+            let serial: crate::pki::Serial = serial.parse().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "serial: expected hexadecimal".to_string(),
+                )
+            })?;
+            st.ca.renew_hint(&serial).await?
         }
-    }
-    Ok(resp)
+        None => None,
+    };
+    Ok(with_renew_hint(resp, hint))
 }
 
 /// The trust domain and each environment's DNS suffixes, so agents know which names only this
