@@ -54,8 +54,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // A connection to a local file does not go stale, so it is not pinged before every use
+        // (one round trip to its thread per statement is the cost that dominates issuance).
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         let applied = applied_version(&pool).await?;
