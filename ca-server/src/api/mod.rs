@@ -336,7 +336,7 @@ async fn enroll(
             service: req.service,
         })
         .await?;
-    Ok(issued_with_hint(&st, out).await)
+    Ok(issued_with_hint(&st, out))
 }
 
 async fn renew(
@@ -376,20 +376,13 @@ async fn renew(
             service: req.service,
         })
         .await?;
-    Ok(issued_with_hint(&st, out).await)
+    Ok(issued_with_hint(&st, out))
 }
 
-/// The issuance answer, with the renew-now hint when the issuer turns out to be revoked or
-/// retiring already (this server's view of the authorities may be a moment old). The
-/// certificate is stored by now: a failed look-up only leaves the hint out.
-async fn issued_with_hint(st: &AppState, out: IssueOutput) -> Response {
-    let hint = match st.ca.issuer_hint(&out.record.issuer_id).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "issuer state not read for the renew-now hint");
-            None
-        }
-    };
+/// The issuance answer, with the renew-now hint when the issuer is already retiring (a
+/// revoked one never gets this far: its certificates do not commit).
+fn issued_with_hint(st: &AppState, out: IssueOutput) -> Response {
+    let hint = st.ca.issued_hint(&out.record.issuer_id);
     with_renew_hint(issued_response(out), hint)
 }
 

@@ -249,6 +249,7 @@ pub struct Ca {
     authorities: std::sync::RwLock<Arc<rotation::Authorities>>,
     serials: commit::SerialPool,
     committer: commit::GroupCommitter,
+    tokens: tokens::TokenCache,
     replica: String,
     audit_secret: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
 }
@@ -315,6 +316,7 @@ impl Ca {
             })),
             serials: commit::SerialPool::new(commit::SERIAL_BLOCK),
             committer: commit::GroupCommitter::spawn(store.clone()),
+            tokens: tokens::TokenCache::default(),
             replica: replica_name(),
             audit_secret: tokio::sync::OnceCell::new(),
             store,
@@ -706,13 +708,44 @@ impl Ca {
     }
 
     /// Signs a prepared request and commits it with its audit entry (and the use of `token`,
-    /// spent only if the certificate commits) before returning it.
+    /// spent only if the certificate commits) before returning it. When the commit finds the
+    /// issuer revoked (another server rotated it out after a compromise and this server's view
+    /// of the authorities is a moment old), the view is refreshed and the request is signed
+    /// once more by the environment's new issuer: nothing a revoked issuer signed leaves.
     pub async fn complete(
         &self,
         input: &IssueInput,
         prepared: Prepared,
         token: Option<&str>,
     ) -> Result<IssueOutput, ServiceError> {
+        let env = &input.identity.env;
+        let mut refreshed = false;
+        let (issuer, issued, record) = loop {
+            match self.sign_and_commit(input, &prepared, token).await {
+                Err(ServiceError::Store(StoreError::IssuerRevoked(id))) if !refreshed => {
+                    tracing::warn!(issuer = %id, env = %env, "issuer revoked meanwhile; signing with its successor");
+                    self.refresh_authorities().await?;
+                    refreshed = true;
+                }
+                other => break other?,
+            }
+        };
+        Ok(IssueOutput {
+            chain_pem: format!("{}{}", issued.pem, self.chain_tail(&issuer)),
+            bundle_pem: self.bundle(env).await?,
+            cert_pem: issued.pem,
+            record,
+        })
+    }
+
+    /// One attempt of [`Ca::complete`]: signs with the issuer this server sees as active and
+    /// waits for the commit.
+    async fn sign_and_commit(
+        &self,
+        input: &IssueInput,
+        prepared: &Prepared,
+        token: Option<&str>,
+    ) -> Result<(AuthorityRecord, authority::Issued, CertificateRecord), ServiceError> {
         let Prepared { csr, decision } = prepared;
         let env = &input.identity.env;
         let (issuer, signer) = self.issuer(env).await?;
@@ -785,22 +818,11 @@ impl Ca {
                 at: now.unix_timestamp(),
             }),
         };
-        let record = match self.committer.commit(item).await {
-            Ok(committed) => committed.cert,
-            Err(StoreError::TokenUsedUp(id)) => {
-                return Err(ServiceError::Token(format!(
-                    "enrollment token {id} was already used"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-
-        Ok(IssueOutput {
-            chain_pem: format!("{}{}", issued.pem, self.chain_tail(&issuer)),
-            bundle_pem: self.bundle(env).await?,
-            cert_pem: issued.pem,
-            record,
-        })
+        match self.committer.commit(item).await {
+            Ok(committed) => Ok((issuer, issued, committed.cert)),
+            Err(StoreError::TokenUsedUp(id)) => Err(self.token_refusal(&id).await),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Certificates matching `filter` (its `now` is set from the clock when zero).
@@ -866,6 +888,50 @@ pub(crate) mod testing {
             .expect("csr")
             .pem()
             .expect("pem")
+    }
+
+    /// Two servers ("replicas") of the example CA on one store, each with its own clock.
+    pub(crate) async fn replicas(
+        dir: &std::path::Path,
+    ) -> (
+        super::Ca,
+        Arc<crate::clock::ManualClock>,
+        super::Ca,
+        Arc<crate::clock::ManualClock>,
+    ) {
+        use crate::clock::ManualClock;
+        use crate::service::{CaLifetimes, CaOptions};
+        use crate::store::Store;
+        let now = time::OffsetDateTime::now_utc();
+        let lifetimes = CaLifetimes {
+            root: time::Duration::days(3650),
+            intermediate: time::Duration::days(30),
+        };
+        let (policy, store) = crate::service::testing::example_store(
+            dir,
+            None,
+            lifetimes,
+            &["localhost".to_string()],
+            now,
+        )
+        .await;
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let clock = Arc::new(ManualClock::new(now));
+            let ca = super::Ca::open(
+                store.clone() as Arc<dyn Store>,
+                clock.clone(),
+                policy.clone(),
+                None,
+                CaOptions::default(),
+            )
+            .await
+            .expect("open");
+            out.push((ca, clock));
+        }
+        let (b, bc) = out.pop().expect("b");
+        let (a, ac) = out.pop().expect("a");
+        (a, ac, b, bc)
     }
 
     /// Builds the example policy's CA at `now` (sealed with `pass` when given) and initialises

@@ -160,6 +160,15 @@ pub enum RenewHint {
 }
 
 impl RenewHint {
+    /// What the holder of a certificate issued by an authority in `state` should hear.
+    fn of(state: IssuerState) -> Option<RenewHint> {
+        match state {
+            IssuerState::Revoked => Some(RenewHint::IssuerRevoked),
+            IssuerState::Retiring | IssuerState::Retired => Some(RenewHint::IssuerRetiring),
+            IssuerState::Next | IssuerState::Active => None,
+        }
+    }
+
     /// The hint's wire value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -438,15 +447,16 @@ impl Ca {
         let Some(issuer) = self.store.authority(issuer_id).await? else {
             return Ok(None);
         };
-        if issuer.revoked_at.is_some() {
-            return Ok(Some(RenewHint::IssuerRevoked));
-        }
+        Ok(RenewHint::of(
+            self.authorities().state(&issuer, self.now_unix()),
+        ))
+    }
+
+    /// [`Ca::issuer_hint`] for an issuance answer, from this server's view of the authorities:
+    /// the commit has just refused a revoked issuer, so what is left to tell is a retirement.
+    pub fn issued_hint(&self, issuer_id: &str) -> Option<RenewHint> {
         let auth = self.authorities();
-        Ok(match auth.state(&issuer, self.now_unix()) {
-            IssuerState::Revoked => Some(RenewHint::IssuerRevoked),
-            IssuerState::Retiring | IssuerState::Retired => Some(RenewHint::IssuerRetiring),
-            IssuerState::Next | IssuerState::Active => None,
-        })
+        RenewHint::of(auth.state(auth.get(issuer_id)?, self.now_unix()))
     }
 
     /// Every authority with its state and leaf counts, root first.
@@ -976,6 +986,7 @@ fn rotation_audit(
 mod tests {
     use super::*;
     use crate::service::TLS_ID;
+    use crate::service::testing::replicas;
 
     fn rec(id: &str, kind: AuthorityKind, env: Option<&str>, generation: i64) -> AuthorityRecord {
         AuthorityRecord {
@@ -1083,50 +1094,6 @@ mod tests {
         auth.all[0].retired_at = Some(700);
         assert_eq!(auth.cross_pem(&int2, 700), "", "old root gone: no cross");
         assert_eq!(auth.published_roots(700).len(), 1);
-    }
-
-    /// Two servers ("replicas") on one store, each with its own clock.
-    async fn replicas(
-        dir: &std::path::Path,
-    ) -> (
-        Ca,
-        Arc<crate::clock::ManualClock>,
-        Ca,
-        Arc<crate::clock::ManualClock>,
-    ) {
-        use crate::clock::ManualClock;
-        use crate::service::{CaLifetimes, CaOptions};
-        use crate::store::Store;
-        let now = time::OffsetDateTime::now_utc();
-        let lifetimes = CaLifetimes {
-            root: Duration::days(3650),
-            intermediate: Duration::days(30),
-        };
-        let (policy, store) = crate::service::testing::example_store(
-            dir,
-            None,
-            lifetimes,
-            &["localhost".to_string()],
-            now,
-        )
-        .await;
-        let mut out = Vec::new();
-        for _ in 0..2 {
-            let clock = Arc::new(ManualClock::new(now));
-            let ca = Ca::open(
-                store.clone() as Arc<dyn Store>,
-                clock.clone(),
-                policy.clone(),
-                None,
-                CaOptions::default(),
-            )
-            .await
-            .expect("open");
-            out.push((ca, clock));
-        }
-        let (b, bc) = out.pop().expect("b");
-        let (a, ac) = out.pop().expect("a");
-        (a, ac, b, bc)
     }
 
     fn leaf(ca: &Ca) -> crate::service::IssueInput {
@@ -1269,7 +1236,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_enrollment_answered_from_a_stale_view_of_the_issuers_says_renew_now() {
+    async fn a_server_with_a_stale_view_of_the_issuers_never_hands_out_a_revoked_issuers_certificate()
+     {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().expect("tmp");
         let (a, _ac, b, _bc) = replicas(dir.path()).await;
@@ -1308,25 +1276,72 @@ mod tests {
             .expect("token")
             .token
         };
-        // Enrolls through b's router: the renew-now hint of the answer.
-        let hint = || async {
+        // Enrolls through b's router: the issuer of the stored certificate, and the renew-now
+        // hint of the answer.
+        let enrolled = || async {
             let r = app
                 .clone()
                 .oneshot(enroll(token().await))
                 .await
                 .expect("answer");
             assert_eq!(r.status(), 201);
-            r.headers()
+            let hint = r
+                .headers()
                 .get(ca_wire::client::RENEW_NOW_HEADER)
-                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .map(|v| v.to_str().unwrap_or("?").to_string());
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let answer: ca_wire::CertificateResponse = serde_json::from_slice(&body).expect("json");
+            let serial: crate::pki::Serial = answer.serial.parse().expect("serial");
+            let stored = b.certificate(&serial).await.expect("stored");
+            assert!(
+                answer
+                    .chain
+                    .contains(&b.chain_tail_of(&stored.issuer_id).expect("tail"))
+            );
+            (stored.issuer_id, hint)
         };
 
-        assert_eq!(hint().await, None, "an active issuer");
+        assert_eq!(
+            enrolled().await,
+            ("dev".to_string(), None),
+            "an active issuer"
+        );
+        let signed_by_dev = a
+            .store()
+            .list_certificates(&crate::store::CertificateFilter {
+                env: Some("dev".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .len();
         a.rotate(rotate_env("dev", true)).await.expect("rotate");
-        // b has not re-read the issuers: it still signs with the revoked one, and says so.
-        assert_eq!(hint().await.as_deref(), Some("issuer-revoked"));
-        b.refresh_authorities().await.expect("refresh");
-        assert_eq!(hint().await, None, "issued by dev.2");
+        // b has not re-read the issuers and signs with the revoked one first; the commit
+        // refuses that certificate, b refreshes its view and signs with dev.2.
+        assert_eq!(
+            b.authorities()
+                .active(AuthorityKind::Intermediate, "dev", b.now_unix())
+                .map(|r| r.id.clone()),
+            Some("dev".to_string()),
+            "b's view is stale"
+        );
+        assert_eq!(enrolled().await, ("dev.2".to_string(), None));
+        let after = a
+            .store()
+            .list_certificates(&crate::store::CertificateFilter {
+                env: Some("dev".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(after.len(), signed_by_dev + 1, "one certificate stored");
+        assert_eq!(
+            after.iter().filter(|c| c.issuer_id == "dev").count(),
+            signed_by_dev,
+            "none of them by the revoked issuer"
+        );
     }
 
     #[tokio::test]
@@ -1337,21 +1352,21 @@ mod tests {
         let old_serial: crate::pki::Serial = old.record.serial.parse().expect("serial");
         let out = a.rotate(rotate_env("dev", true)).await.expect("rotate");
         assert_eq!(out.created[0].id, "dev.2");
-        // Before its snapshot is refreshed, the other server still issues from the revoked
-        // intermediate; the issuer's row says so, and the answer tells the holder to renew.
-        let stale = b.issue(leaf(&b)).await.expect("leaf");
-        assert_eq!(stale.record.issuer_id, "dev");
+        // Before its snapshot is refreshed, the other server signs with the revoked
+        // intermediate; the commit refuses that, and it signs again with the new one.
         assert_eq!(
-            b.issuer_hint(&stale.record.issuer_id).await.expect("hint"),
-            Some(RenewHint::IssuerRevoked)
+            b.issuer_hint("dev").await.expect("hint"),
+            Some(RenewHint::IssuerRevoked),
+            "the issuer's row says revoked while b's view does not"
         );
-        b.refresh_authorities().await.expect("refresh");
-        assert_eq!(b.issuer_hint("dev.2").await.expect("hint"), None);
+        assert_eq!(b.issued_hint("dev"), None);
         assert_eq!(
             b.issue(leaf(&b)).await.expect("leaf").record.issuer_id,
             "dev.2",
             "at once, on the other server too"
         );
+        assert_eq!(b.issuer_hint("dev.2").await.expect("hint"), None);
+        assert_eq!(b.issued_hint("dev"), Some(RenewHint::IssuerRevoked));
         assert_eq!(
             b.renew_hint(&old_serial).await.expect("hint"),
             Some(RenewHint::IssuerRevoked)

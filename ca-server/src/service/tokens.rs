@@ -53,6 +53,65 @@ pub fn parse_token(text: &str) -> Result<(&str, &str), ServiceError> {
     Ok((id, secret))
 }
 
+/// Why `record` cannot enroll at `now`, if it cannot.
+fn unusable(record: &TokenRecord, now: i64) -> Option<ServiceError> {
+    let id = &record.id;
+    if record.revoked_at.is_some() {
+        Some(ServiceError::Token(format!(
+            "enrollment token {id} was revoked"
+        )))
+    } else if record.expires_at <= now {
+        Some(ServiceError::Token(format!(
+            "enrollment token {id} has expired"
+        )))
+    } else if record.uses >= record.max_uses {
+        Some(ServiceError::Token(format!(
+            "enrollment token {id} was already used"
+        )))
+    } else {
+        None
+    }
+}
+
+/// Multi-use (CI) tokens as last read, so that a pipeline's enrollments do not each read the
+/// same row again. Only what never changes is trusted from here (the secret's hash, the
+/// scope, the expiry); a revocation or the last use is enforced by the conditional UPDATE
+/// that spends the use in the certificate's own commit, on every server sharing the database,
+/// and [`Ca::token_refusal`] then reads the row for the precise reason. Single-use tokens are
+/// not kept: they are read once anyway.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    tokens: std::sync::Mutex<std::collections::HashMap<String, TokenRecord>>,
+}
+
+/// Tokens the cache holds at most; a full cache starts over.
+const TOKEN_CACHE_MAX: usize = 1024;
+
+impl TokenCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, TokenRecord>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Option<TokenRecord> {
+        self.lock().get(id).cloned()
+    }
+
+    fn keep(&self, record: &TokenRecord) {
+        if record.max_uses <= 1 {
+            return;
+        }
+        let mut tokens = self.lock();
+        if tokens.len() >= TOKEN_CACHE_MAX {
+            tokens.clear();
+        }
+        tokens.insert(record.id.clone(), record.clone());
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
 impl Ca {
     /// Mints a token, checking that policy knows the identity and allows multi-use for CI only.
     pub async fn create_token(&self, input: TokenInput) -> Result<CreatedToken, ServiceError> {
@@ -141,31 +200,38 @@ impl Ca {
     }
 
     /// Finds the token named by `text` and checks its secret in constant time, then whether it
-    /// can still be used. Spends nothing.
+    /// can still be used. Spends nothing. A CI token read before comes from [`TokenCache`]:
+    /// the commit that spends its use checks revocation, expiry and remaining uses again.
     pub(crate) async fn check_token(&self, text: &str) -> Result<TokenRecord, ServiceError> {
         let (id, secret) = parse_token(text)?;
         let invalid = || ServiceError::Token("invalid enrollment token".into());
-        let record = self.store().token(id).await?.ok_or_else(invalid)?;
+        let (record, cached) = match self.tokens.get(id) {
+            Some(r) => (r, true),
+            None => (self.store().token(id).await?.ok_or_else(invalid)?, false),
+        };
         if !ct_eq(record.token_hash.as_bytes(), hash_secret(secret).as_bytes()) {
             return Err(invalid());
         }
-        let now = self.now_unix();
-        if record.revoked_at.is_some() {
-            return Err(ServiceError::Token(format!(
-                "enrollment token {id} was revoked"
-            )));
+        if let Some(e) = unusable(&record, self.now_unix()) {
+            self.tokens.forget(id);
+            return Err(e);
         }
-        if record.expires_at <= now {
-            return Err(ServiceError::Token(format!(
-                "enrollment token {id} has expired"
-            )));
-        }
-        if record.uses >= record.max_uses {
-            return Err(ServiceError::Token(format!(
-                "enrollment token {id} was already used"
-            )));
+        if !cached {
+            self.tokens.keep(&record);
         }
         Ok(record)
+    }
+
+    /// Why the commit refused to spend a use of token `id`, read afresh (it may have been
+    /// revoked, used up or have expired since it was checked, here or on another server).
+    pub(crate) async fn token_refusal(&self, id: &str) -> ServiceError {
+        self.tokens.forget(id);
+        let used = || ServiceError::Token(format!("enrollment token {id} was already used"));
+        match self.store().token(id).await {
+            Ok(Some(record)) => unusable(&record, self.now_unix()).unwrap_or_else(used),
+            Ok(None) => ServiceError::Token("invalid enrollment token".into()),
+            Err(e) => e.into(),
+        }
     }
 
     /// Tokens, newest first (only usable ones unless `all`).
@@ -177,6 +243,7 @@ impl Ca {
     /// Revokes a token by id.
     pub async fn revoke_token(&self, id: &str, actor: &str) -> Result<(), ServiceError> {
         let now = self.now_unix();
+        self.tokens.forget(id);
         if !self.store().revoke_token(id, now).await? {
             return Err(match self.store().token(id).await? {
                 None => ServiceError::NotFound(format!("no token with id {id:?}")),
@@ -202,6 +269,86 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::EnrollInput;
+    use crate::service::testing::{p256_csr_pem, replicas};
+
+    #[tokio::test]
+    async fn a_ci_token_kept_by_one_server_is_refused_once_revoked_or_used_up_on_another() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (a, _ac, b, _bc) = replicas(dir.path()).await;
+        let mint = |uses| {
+            a.create_token(TokenInput {
+                env: "ci".into(),
+                service: "api".into(),
+                ttl: None,
+                uses,
+                actor: "cli:test".into(),
+            })
+        };
+        async fn enroll(ca: &Ca, token: &EnrollmentToken) -> Result<(), ServiceError> {
+            ca.enroll(EnrollInput {
+                token: token.clone(),
+                csr: p256_csr_pem().into_bytes(),
+                dns: vec![],
+                ips: vec![],
+                ttl: None,
+                env: None,
+                service: None,
+            })
+            .await
+            .map(drop)
+        }
+        let stored = || async {
+            a.store()
+                .list_certificates(&crate::store::CertificateFilter {
+                    env: Some("ci".into()),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .len()
+        };
+
+        // Revoked on b after a has kept it.
+        let revoked = mint(5).await.expect("token");
+        enroll(&a, &revoked.token).await.expect("first use, on a");
+        assert!(
+            a.tokens.get(&revoked.record.id).is_some(),
+            "a keeps the CI token"
+        );
+        b.revoke_token(&revoked.record.id, "cli:test")
+            .await
+            .expect("revoke on b");
+        let before = stored().await;
+        let err = enroll(&a, &revoked.token)
+            .await
+            .expect_err("a revoked token enrolls nowhere");
+        assert!(err.to_string().contains("was revoked"), "{err}");
+        assert_eq!(stored().await, before, "nothing stored");
+        assert!(a.tokens.get(&revoked.record.id).is_none(), "and forgets it");
+
+        // Used up on b after a has kept it.
+        let two = mint(2).await.expect("token");
+        enroll(&a, &two.token).await.expect("first use, on a");
+        enroll(&b, &two.token).await.expect("second use, on b");
+        let before = stored().await;
+        let err = enroll(&a, &two.token).await.expect_err("no third use");
+        assert!(err.to_string().contains("was already used"), "{err}");
+        assert_eq!(stored().await, before, "nothing stored");
+        for (t, spent) in [(&two, 2), (&revoked, 1)] {
+            let uses = a.store().token(&t.record.id).await.expect("get");
+            assert_eq!(uses.map(|t| t.uses), Some(spent));
+        }
+
+        // A wrong secret is refused for a kept token as for a stored one.
+        let (id, _) = parse_token(two.token.expose()).expect("shape");
+        let forged = EnrollmentToken::new(format!("{id}.{}", "0".repeat(64)));
+        let err = enroll(&a, &forged).await.expect_err("forged");
+        assert!(
+            err.to_string().contains("invalid enrollment token"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn token_text_is_strictly_shaped() {

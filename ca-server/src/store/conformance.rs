@@ -628,6 +628,69 @@ async fn rotation(store: &dyn Store, now: i64) {
         other => panic!("revoking a revoked authority must conflict, got {other:?}"),
     }
     assert_eq!(store.authority("prod.3").await.expect("lookup"), None);
+
+    // Nothing a revoked issuer signed commits any more, and its item spends nothing.
+    store
+        .insert_token(&TokenRecord {
+            id: "r1".into(),
+            token_hash: "hash-r1".into(),
+            env: "prod".into(),
+            service: "api".into(),
+            max_uses: 5,
+            uses: 0,
+            created_at: now,
+            expires_at: now + 1_000,
+            created_by: "cli:tester".into(),
+            revoked_at: None,
+        })
+        .await
+        .expect("token");
+    store
+        .reserve_serials(&[serial("ee01"), serial("ee02")], now)
+        .await
+        .expect("reserve");
+    let item = |s: &str, issuer: &str| Issuance {
+        cert: CertificateRecord {
+            issuer_id: issuer.into(),
+            ..cert(s, "prod", "api", now, now + 100)
+        },
+        audit: audit("enroll-after-revocation", now, Some(s)),
+        token: Some(TokenUse {
+            id: "r1".into(),
+            at: now,
+        }),
+    };
+    let results = store
+        .commit_issuances(&[item("ee01", "prod"), item("ee02", "prod.2")])
+        .await
+        .expect("batch");
+    assert!(
+        matches!(&results[0], Err(StoreError::IssuerRevoked(id)) if id == "prod"),
+        "a revoked issuer fails its item: {:?}",
+        results[0]
+    );
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    assert!(
+        store
+            .certificate(&serial("ee01"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(
+        store.token("r1").await.expect("get").map(|t| t.uses),
+        Some(1),
+        "only the committed item spent a use"
+    );
+    let audited: Vec<Option<String>> = store
+        .audit_entries(None, 10_000)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "enroll-after-revocation")
+        .map(|e| e.serial)
+        .collect();
+    assert_eq!(audited, [Some("ee02".to_string())]);
     let listed = std::sync::Mutex::new(Vec::new());
     let sign = |_: i64, entries: &[RevokedEntry]| -> Result<Vec<u8>, String> {
         *listed.lock().expect("lock") = entries.to_vec();

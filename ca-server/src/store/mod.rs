@@ -58,6 +58,9 @@ pub enum StoreError {
     /// The token of an issuance has no use left (used up, expired, revoked or unknown).
     #[error("token {0} has no use left")]
     TokenUsedUp(String),
+    /// The certificate's issuer is revoked: nothing it signs is stored (or handed out) any more.
+    #[error("issuer {0} is revoked")]
+    IssuerRevoked(String),
     /// A batch commit failed as a whole; nothing of it was written.
     #[error("commit failed: {0}")]
     Commit(String),
@@ -171,6 +174,7 @@ impl Classify for StoreError {
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
+            StoreError::IssuerRevoked(_) => ErrorKind::Unavailable,
             StoreError::NotCaDatabase(_) => ErrorKind::BadRequest,
             StoreError::SchemaOutdated { .. } | StoreError::SchemaTooNew { .. } => {
                 ErrorKind::Conflict
@@ -844,13 +848,15 @@ pub trait Store: Send + Sync {
     async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError>;
     /// Commits a batch of issuances in one transaction (one flush for all). Each item stands or
     /// falls alone: a token without a use left (`TokenUsedUp`), a serial already stored
-    /// (`Conflict`) or not reserved (`NotFound`) fails that item and writes nothing of it, while
-    /// the others commit. The outer error means the transaction failed and nothing was written.
+    /// (`Conflict`) or not reserved (`NotFound`), or an issuer revoked meanwhile
+    /// (`IssuerRevoked`) fails that item and writes nothing of it, while the others commit. The
+    /// outer error means the transaction failed and nothing was written.
     async fn commit_issuances(
         &self,
         batch: &[Issuance],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
-    /// Commits a certificate (whose serial is reserved) together with its audit entry.
+    /// Commits a certificate (whose serial is reserved, whose issuer is not revoked) together
+    /// with its audit entry.
     async fn insert_certificate(
         &self,
         cert: &CertificateRecord,

@@ -305,7 +305,7 @@ macro_rules! sql_store {
             save_chain(conn, &chain).await
         }
 
-        /// Inserts a certificate row if its serial is reserved, its issuer exists and neither
+        /// Inserts a certificate row if its serial is reserved, its issuer exists unrevoked and neither
         /// its serial nor its fingerprint is stored yet; otherwise writes nothing and names the
         /// rule (no statement fails, so an enclosing transaction stays usable).
         async fn insert_certificate_row(
@@ -318,7 +318,7 @@ macro_rules! sql_store {
                  issued_via, issued_by, created_at, revoked_at, revocation_reason) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
                  WHERE EXISTS (SELECT 1 FROM serials WHERE serial = $1) \
-                 AND EXISTS (SELECT 1 FROM authorities WHERE id = $2) \
+                 AND EXISTS (SELECT 1 FROM authorities WHERE id = $2 AND revoked_at IS NULL) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&c.serial)
@@ -351,9 +351,20 @@ macro_rules! sql_store {
             .bind(&c.fingerprint)
             .fetch_optional(&mut *conn)
             .await?;
-            Err(match stored {
-                Some(_) => StoreError::Conflict(format!("certificate {} already stored", c.serial)),
-                None => StoreError::NotFound(format!(
+            if stored.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {} already stored",
+                    c.serial
+                )));
+            }
+            let issuer_revoked: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT revoked_at FROM authorities WHERE id = $1")
+                    .bind(&c.issuer_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Err(match issuer_revoked {
+                Some(Some(_)) => StoreError::IssuerRevoked(c.issuer_id.clone()),
+                _ => StoreError::NotFound(format!(
                     "serial {} was not reserved, or issuer {:?} is unknown",
                     c.serial, c.issuer_id
                 )),
@@ -392,7 +403,11 @@ macro_rules! sql_store {
             }
             match insert_certificate_row(conn, &item.cert).await {
                 Ok(()) => {}
-                Err(refused @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => {
+                Err(
+                    refused @ (StoreError::Conflict(_)
+                    | StoreError::NotFound(_)
+                    | StoreError::IssuerRevoked(_)),
+                ) => {
                     if let Some(t) = &item.token {
                         sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = $1")
                             .bind(&t.id)
