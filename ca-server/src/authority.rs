@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
@@ -44,22 +45,42 @@ impl Classify for AuthorityError {
 }
 
 /// A CA private key (PKCS#8), with a `Debug` that never prints key bytes. The PKCS#8 copy the
-/// key pair keeps is zeroized on drop.
-pub struct CaKey(Zeroizing<KeyPair>);
+/// key pair keeps is zeroized when the last holder drops it (a [`Signer`]'s rcgen issuer shares
+/// the one copy rather than holding a second).
+pub struct CaKey(Arc<Zeroizing<KeyPair>>);
+
+/// The key as rcgen's issuer holds it: the same key pair, shared.
+struct SharedKey(Arc<Zeroizing<KeyPair>>);
+
+impl rcgen::PublicKeyData for SharedKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(&**self.0)
+    }
+}
+
+impl rcgen::SigningKey for SharedKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        rcgen::SigningKey::sign(&**self.0, msg)
+    }
+}
 
 impl CaKey {
     /// A new ECDSA P-256 key.
     pub fn generate() -> Result<CaKey, AuthorityError> {
-        Ok(CaKey(Zeroizing::new(KeyPair::generate_for(
+        Ok(CaKey(Arc::new(Zeroizing::new(KeyPair::generate_for(
             &rcgen::PKCS_ECDSA_P256_SHA256,
-        )?)))
+        )?))))
     }
 
     /// Loads a PKCS#8 DER key.
     pub fn from_pkcs8(der: &[u8]) -> Result<CaKey, AuthorityError> {
         let key = KeyPair::try_from(der)
             .map_err(|_| AuthorityError::Issuer("key does not parse as PKCS#8".into()))?;
-        Ok(CaKey(Zeroizing::new(key)))
+        Ok(CaKey(Arc::new(Zeroizing::new(key))))
     }
 
     /// The PKCS#8 DER bytes, zeroized when dropped.
@@ -102,13 +123,26 @@ impl fmt::Debug for CaKey {
     }
 }
 
-/// A CA certificate with its key: what signs.
-#[derive(Debug)]
+/// A CA certificate with its key: what signs. What signing and the self-check need of the
+/// certificate (rcgen's issuer view, the subject and public key) is parsed once, here.
 pub struct Signer {
     cert_der: Vec<u8>,
     cert_pem: String,
     key: CaKey,
     not_after: OffsetDateTime,
+    subject_der: Vec<u8>,
+    spki_der: Vec<u8>,
+    issuer: rcgen::Issuer<'static, SharedKey>,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("cert_pem", &self.cert_pem)
+            .field("key", &self.key)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Signer {
@@ -122,11 +156,21 @@ impl Signer {
             ));
         }
         let not_after = cert.validity().not_after.to_datetime();
+        let subject_der = cert.subject().as_raw().to_vec();
+        let spki_der = cert.public_key().raw.to_vec();
+        drop(cert);
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &CertificateDer::from(cert_der.as_slice()),
+            SharedKey(key.0.clone()),
+        )?;
         Ok(Signer {
             cert_pem: pem_encode("CERTIFICATE", &cert_der),
             cert_der,
             key,
             not_after,
+            subject_der,
+            spki_der,
+            issuer,
         })
     }
 
@@ -145,13 +189,9 @@ impl Signer {
         &self.key
     }
 
-    /// rcgen's issuer view; it borrows the key, so it is built (and the certificate parsed) per
-    /// signature rather than kept beside the key.
-    fn rcgen_issuer(&self) -> Result<rcgen::Issuer<'static, &KeyPair>, AuthorityError> {
-        Ok(rcgen::Issuer::from_ca_cert_der(
-            &CertificateDer::from(self.cert_der.as_slice()),
-            self.key.key_pair(),
-        )?)
+    /// rcgen's view of this CA as an issuer, sharing its key.
+    pub(crate) fn rcgen_issuer(&self) -> &rcgen::Issuer<'static, impl rcgen::SigningKey> {
+        &self.issuer
     }
 
     fn not_after(&self) -> OffsetDateTime {
@@ -337,7 +377,7 @@ pub fn cross_certify_root(
     }
     p.use_authority_key_identifier_extension = true;
     let public_key = RcgenSpki::from_der(spki_der)?;
-    let cert = p.signed_by(&public_key, &issuer.rcgen_issuer()?)?;
+    let cert = p.signed_by(&public_key, issuer.rcgen_issuer())?;
     let out = issued(cert.der().to_vec())?;
     verify_chain(&out.der, issuer.cert_der())?;
     Ok(out)
@@ -372,8 +412,7 @@ fn sign_intermediate(
     key: &CaKey,
     root: &Signer,
 ) -> Result<Issued, AuthorityError> {
-    let issuer = root.rcgen_issuer()?;
-    let cert = p.signed_by(key.key_pair(), &issuer)?;
+    let cert = p.signed_by(key.key_pair(), root.rcgen_issuer())?;
     let out = issued(cert.der().to_vec())?;
     verify_chain(&out.der, root.cert_der())?;
     Ok(out)
@@ -565,12 +604,8 @@ pub fn sign_leaf(spec: &LeafSpec<'_>, issuer: &Signer) -> Result<Issued, Authori
         p.custom_extensions.push(ocsp_aia(&urls.ocsp));
     }
     let public_key = RcgenSpki::from_der(spec.spki_der)?;
-    let rcgen_issuer = issuer.rcgen_issuer()?;
-    let cert = p.signed_by(&public_key, &rcgen_issuer)?;
-    let out = issued(cert.der().to_vec())?;
-    verify_chain(&out.der, issuer.cert_der())?;
-    check_leaf(&out.der, spec, spiffe_id.as_deref())?;
-    Ok(out)
+    let cert = p.signed_by(&public_key, issuer.rcgen_issuer())?;
+    checked_leaf(cert.der().to_vec(), spec, spiffe_id.as_deref(), issuer)
 }
 
 /// Verifies that `cert` names `issuer` as its issuer and carries a valid signature by it.
@@ -594,13 +629,28 @@ pub fn verify_chain(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), AuthorityE
     Ok(())
 }
 
-fn check_leaf(
-    der: &[u8],
+/// The self-check of a freshly signed leaf, in one parse: it names `issuer` and carries its
+/// valid signature, does not outlive it, and says exactly what `spec` asked for.
+fn checked_leaf(
+    der: Vec<u8>,
     spec: &LeafSpec<'_>,
     spiffe_id: Option<&str>,
-) -> Result<(), AuthorityError> {
+    issuer: &Signer,
+) -> Result<Issued, AuthorityError> {
     let fail = |m: &str| AuthorityError::SelfCheck(m.to_string());
-    let (_, cert) = X509Certificate::from_der(der).map_err(|_| fail("does not parse"))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|_| fail("does not parse"))?;
+    if cert.issuer().as_raw() != issuer.subject_der.as_slice() {
+        return Err(fail("issuer name does not match"));
+    }
+    let (_, issuer_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&issuer.spki_der)
+        .map_err(|_| fail("issuer key does not parse"))?;
+    cert.verify_signature(Some(&issuer_key))
+        .map_err(|e| AuthorityError::SelfCheck(format!("signature does not verify: {e}")))?;
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    if not_after > issuer.not_after {
+        return Err(fail("outlives its issuer"));
+    }
     if Serial::from_bytes(cert.raw_serial()) != *spec.serial {
         return Err(fail("serial differs from the reserved one"));
     }
@@ -639,7 +689,14 @@ fn check_leaf(
     if uris != want_uris || dns != spec.dns || ips != want_ips {
         return Err(fail("SANs differ from the decision"));
     }
-    Ok(())
+    drop(cert);
+    Ok(Issued {
+        pem: pem_encode("CERTIFICATE", &der),
+        fingerprint: Fingerprint::of(&der),
+        der,
+        not_before,
+        not_after,
+    })
 }
 
 #[cfg(test)]
@@ -767,6 +824,65 @@ pub(crate) mod tests {
         ));
         assert_eq!(Serial::from_bytes(cert.raw_serial()), serial(9));
         assert_eq!(leaf.not_after, pki.now + Duration::hours(1));
+    }
+
+    #[test]
+    fn the_self_check_refuses_what_the_issuer_did_not_sign_or_the_request_did_not_ask() {
+        use rcgen::PublicKeyData;
+        let pki = test_pki();
+        let key = leaf_key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let spki = key.subject_public_key_info();
+        let identity = Identity {
+            env: "dev".into(),
+            service: "api".into(),
+        };
+        let dns = ["api.dev.svc.example.internal".to_string()];
+        let spec = LeafSpec {
+            trust_domain: "example.internal",
+            identity: Some(&identity),
+            dns: &dns,
+            ips: &[],
+            spki_der: &spki,
+            key_type: KeyType::P256,
+            serial: &serial(9),
+            not_before: pki.now - Duration::minutes(1),
+            not_after: pki.now + Duration::hours(1),
+            urls: None,
+            common_name: None,
+        };
+        let spiffe = identity.spiffe_id("example.internal");
+        let check = |der: Vec<u8>, spec: &LeafSpec<'_>, issuer: &Signer| {
+            checked_leaf(der, spec, Some(&spiffe), issuer)
+                .map(|i| i.fingerprint)
+                .map_err(|e| e.to_string())
+        };
+        let good = sign_leaf(&spec, &pki.dev).expect("signed");
+        assert_eq!(
+            check(good.der.clone(), &spec, &pki.dev),
+            Ok(good.fingerprint)
+        );
+        let by_prod = sign_leaf(&spec, &pki.prod).expect("signed");
+        let err = check(by_prod.der, &spec, &pki.dev).expect_err("another issuer");
+        assert!(err.contains("issuer name does not match"), "{err}");
+        let mut tampered = good.der.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let err = check(tampered, &spec, &pki.dev).expect_err("bad signature");
+        assert!(err.contains("signature does not verify"), "{err}");
+        let other_serial = serial(10);
+        let asked_other = LeafSpec {
+            serial: &other_serial,
+            ..spec.clone()
+        };
+        let err = check(good.der.clone(), &asked_other, &pki.dev).expect_err("serial");
+        assert!(err.contains("serial differs"), "{err}");
+        let more = [dns[0].clone(), "www.dev.svc.example.internal".to_string()];
+        let asked_more = LeafSpec {
+            dns: &more,
+            ..spec.clone()
+        };
+        let err = check(good.der, &asked_more, &pki.dev).expect_err("names");
+        assert!(err.contains("SANs differ"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
-use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 use super::{Ca, ServiceError};
@@ -273,11 +272,7 @@ impl Ca {
             next_update: now + validity.whole_seconds(),
             entries_after,
         };
-        let issuer = rcgen::Issuer::from_ca_cert_der(
-            &CertificateDer::from(signer.cert_der()),
-            signer.key().key_pair(),
-        )
-        .map_err(|e| ServiceError::Authority(e.into()))?;
+        let issuer = signer.rcgen_issuer();
         // Signed inside the store's transaction, which holds the issuer's CRL counter: CRL numbers
         // follow the order of generation on every server, and each lists every revocation
         // committed before it.
@@ -304,7 +299,7 @@ impl Ca {
                 key_identifier_method: KeyIdMethod::Sha256,
             };
             params
-                .signed_by(&issuer)
+                .signed_by(issuer)
                 .map(|crl| crl.der().to_vec())
                 .map_err(|e| e.to_string())
         };
