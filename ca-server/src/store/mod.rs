@@ -11,6 +11,7 @@ pub mod conformance;
 mod sql;
 mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 pub use acme::{AcmeAccount, AcmeEabKey, AcmeOrderRow};
 pub use postgres::{PgSettings, PgStore, redact_url};

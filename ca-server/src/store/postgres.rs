@@ -191,9 +191,70 @@ impl PgStore {
     }
 }
 
+/// One issuance of a batch: the token use, the row, the audit entry. A refused item
+/// (inner error) leaves nothing behind: a use spent for a row that was then refused is
+/// given back in the same transaction. An outer error fails the whole batch.
+async fn commit_one(
+    conn: &mut DbConn,
+    chain: &mut sql::Chain,
+    item: &Issuance,
+) -> Result<Result<(), StoreError>, StoreError> {
+    if let Some(t) = &item.token
+        && !spend_use(&mut *conn, &t.id, t.at).await?
+    {
+        return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
+    }
+    match insert_certificate_row(conn, &item.cert).await {
+        Ok(()) => {}
+        Err(
+            refused @ (StoreError::Conflict(_)
+            | StoreError::NotFound(_)
+            | StoreError::IssuerRevoked(_)),
+        ) => {
+            if let Some(t) = &item.token {
+                sqlx::query(sql::GIVE_BACK_USE)
+                    .bind(&t.id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            return Ok(Err(refused));
+        }
+        Err(e) => return Err(e),
+    }
+    insert_audit(conn, chain, &item.audit).await?;
+    Ok(Ok(()))
+}
+
+/// [`Store::commit_issuances`]: one transaction over the pool, one statement at a time (the
+/// SQLite backend runs the same statements on its writer thread).
+async fn commit_issuances_in(
+    pool: &PgPool,
+    batch: &[Issuance],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut chain = lock_chain(&mut tx).await?;
+    let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    for i in sql::commit_order(batch) {
+        results[i] = Some(commit_one(&mut tx, &mut chain, &batch[i]).await?);
+    }
+    save_chain(&mut tx, &chain).await?;
+    tx.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Commit("item skipped".into()))))
+        .collect())
+}
+
 sql_store!(PgStore, sqlx::Postgres, {
     fn shared_by_servers(&self) -> bool {
         true
+    }
+
+    async fn commit_issuances(
+        &self,
+        batch: &[Issuance],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        commit_issuances_in(&self.pool, batch).await
     }
 
     async fn watch_revocations(&self, hook: ChangeHook) -> Result<bool, StoreError> {

@@ -35,6 +35,63 @@ pub(super) fn parse_list(col: &str, s: &str) -> Result<Vec<String>, super::Store
         .map_err(|_| super::StoreError::Corrupt(format!("{col} is not a JSON list")))
 }
 
+/// Spends one use of token `$1` if it is usable at `$2`: one conditional UPDATE, whose row lock
+/// makes check and increment one step for every server on the database.
+pub(super) const SPEND_USE: &str = "UPDATE tokens SET uses = uses + 1 \
+     WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND uses < max_uses";
+
+/// Gives back the use of token `$1` spent for an item that was then refused.
+pub(super) const GIVE_BACK_USE: &str = "UPDATE tokens SET uses = uses - 1 WHERE id = $1";
+
+/// Inserts a certificate row if its serial is reserved, its issuer exists unrevoked and neither
+/// its serial nor its fingerprint is stored yet; otherwise inserts nothing (no statement fails,
+/// so an enclosing transaction stays usable) and [`refusal`] names the rule.
+pub(super) const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, issuer_id, env, \
+     service, spiffe_id, dns_names, ip_addresses, key_type, key_fingerprint, fingerprint, \
+     not_before, not_after, cert_pem, issued_via, issued_by, created_at, revoked_at, \
+     revocation_reason) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+     WHERE EXISTS (SELECT 1 FROM serials WHERE serial = $1) \
+     AND EXISTS (SELECT 1 FROM authorities WHERE id = $2 AND revoked_at IS NULL) \
+     ON CONFLICT DO NOTHING";
+
+/// Whether a certificate with serial `$1` or fingerprint `$2` is stored (for [`refusal`]).
+pub(super) const FIND_STORED: &str =
+    "SELECT serial FROM certificates WHERE serial = $1 OR fingerprint = $2";
+
+/// When authority `$1` was revoked (for [`refusal`]).
+pub(super) const ISSUER_REVOKED_AT: &str = "SELECT revoked_at FROM authorities WHERE id = $1";
+
+/// Appends an audit entry linked to the chain's end, returning its id.
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, env, service, \
+     serial, result, reason, prev_hash, entry_hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+
+/// Moves the chain's end (the head row) to `$1`, `$2`.
+pub(super) const SAVE_CHAIN: &str =
+    "UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1";
+
+/// Why [`INSERT_CERTIFICATE`] inserted nothing for `c`: its serial or fingerprint is `stored`
+/// already, or its issuer is revoked (`issuer_revoked_at` is the issuer's `revoked_at`, `None`
+/// when there is no such issuer), or else its serial was never reserved or its issuer is unknown.
+pub(super) fn refusal(
+    c: &super::CertificateRecord,
+    stored: bool,
+    issuer_revoked_at: Option<Option<i64>>,
+) -> super::StoreError {
+    use super::StoreError;
+    if stored {
+        StoreError::Conflict(format!("certificate {} already stored", c.serial))
+    } else if let Some(Some(_)) = issuer_revoked_at {
+        StoreError::IssuerRevoked(c.issuer_id.clone())
+    } else {
+        StoreError::NotFound(format!(
+            "serial {} was not reserved, or issuer {:?} is unknown",
+            c.serial, c.issuer_id
+        ))
+    }
+}
+
 /// The order in which a batch's items are written: by token id (items without a token first),
 /// stable otherwise, so every server locks token rows in the same order.
 pub(super) fn commit_order(batch: &[super::Issuance]) -> Vec<usize> {
@@ -262,7 +319,7 @@ macro_rules! sql_store {
         }
 
         async fn save_chain(conn: &mut DbConn, chain: &sql::Chain) -> Result<(), StoreError> {
-            sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
+            sqlx::query(sql::SAVE_CHAIN)
                 .bind(chain.last_id)
                 .bind(&chain.last_hash)
                 .execute(&mut *conn)
@@ -277,10 +334,7 @@ macro_rules! sql_store {
             e: &AuditEntry,
         ) -> Result<(), StoreError> {
             let hash = super::audit_hash(&chain.last_hash, e);
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO audit_log (at, actor, action, env, service, serial, result, reason, \
-                 prev_hash, entry_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            )
+            let id: i64 = sqlx::query_scalar(sql::INSERT_AUDIT)
             .bind(e.at)
             .bind(&e.actor)
             .bind(&e.action)
@@ -305,121 +359,60 @@ macro_rules! sql_store {
             save_chain(conn, &chain).await
         }
 
-        /// Inserts a certificate row if its serial is reserved, its issuer exists unrevoked and neither
-        /// its serial nor its fingerprint is stored yet; otherwise writes nothing and names the
-        /// rule (no statement fails, so an enclosing transaction stays usable).
+        /// Inserts a certificate row ([`sql::INSERT_CERTIFICATE`]); when it is refused, writes
+        /// nothing and names the rule ([`sql::refusal`]).
         async fn insert_certificate_row(
             conn: &mut DbConn,
             c: &CertificateRecord,
         ) -> Result<(), StoreError> {
-            let done = sqlx::query(
-                "INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, \
-                 ip_addresses, key_type, key_fingerprint, fingerprint, not_before, not_after, cert_pem, \
-                 issued_via, issued_by, created_at, revoked_at, revocation_reason) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
-                 WHERE EXISTS (SELECT 1 FROM serials WHERE serial = $1) \
-                 AND EXISTS (SELECT 1 FROM authorities WHERE id = $2 AND revoked_at IS NULL) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&c.serial)
-            .bind(&c.issuer_id)
-            .bind(&c.env)
-            .bind(&c.service)
-            .bind(&c.spiffe_id)
-            .bind(sql::json_list(&c.dns_names))
-            .bind(sql::json_list(&c.ip_addresses))
-            .bind(&c.key_type)
-            .bind(&c.key_fingerprint)
-            .bind(&c.fingerprint)
-            .bind(c.not_before)
-            .bind(c.not_after)
-            .bind(&c.cert_pem)
-            .bind(c.issued_via.as_str())
-            .bind(&c.issued_by)
-            .bind(c.created_at)
-            .bind(c.revoked_at)
-            .bind(&c.revocation_reason)
-            .execute(&mut *conn)
-            .await?;
+            let done = sqlx::query(sql::INSERT_CERTIFICATE)
+                .bind(&c.serial)
+                .bind(&c.issuer_id)
+                .bind(&c.env)
+                .bind(&c.service)
+                .bind(&c.spiffe_id)
+                .bind(sql::json_list(&c.dns_names))
+                .bind(sql::json_list(&c.ip_addresses))
+                .bind(&c.key_type)
+                .bind(&c.key_fingerprint)
+                .bind(&c.fingerprint)
+                .bind(c.not_before)
+                .bind(c.not_after)
+                .bind(&c.cert_pem)
+                .bind(c.issued_via.as_str())
+                .bind(&c.issued_by)
+                .bind(c.created_at)
+                .bind(c.revoked_at)
+                .bind(&c.revocation_reason)
+                .execute(&mut *conn)
+                .await?;
             if done.rows_affected() == 1 {
                 return Ok(());
             }
-            let stored: Option<String> = sqlx::query_scalar(
-                "SELECT serial FROM certificates WHERE serial = $1 OR fingerprint = $2",
-            )
-            .bind(&c.serial)
-            .bind(&c.fingerprint)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if stored.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "certificate {} already stored",
-                    c.serial
-                )));
-            }
-            let issuer_revoked: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT revoked_at FROM authorities WHERE id = $1")
+            let stored: Option<String> = sqlx::query_scalar(sql::FIND_STORED)
+                .bind(&c.serial)
+                .bind(&c.fingerprint)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let issuer_revoked_at: Option<Option<i64>> =
+                sqlx::query_scalar(sql::ISSUER_REVOKED_AT)
                     .bind(&c.issuer_id)
                     .fetch_optional(&mut *conn)
                     .await?;
-            Err(match issuer_revoked {
-                Some(Some(_)) => StoreError::IssuerRevoked(c.issuer_id.clone()),
-                _ => StoreError::NotFound(format!(
-                    "serial {} was not reserved, or issuer {:?} is unknown",
-                    c.serial, c.issuer_id
-                )),
-            })
+            Err(sql::refusal(c, stored.is_some(), issuer_revoked_at))
         }
 
-        /// Spends one use of token `id` if it is usable at `at`: one conditional UPDATE, whose
-        /// row lock makes check and increment one step for every server on the database.
+        /// Spends one use of token `id` if it is usable at `at` ([`sql::SPEND_USE`]).
         async fn spend_use<'e, E>(exec: E, id: &str, at: i64) -> Result<bool, StoreError>
         where
             E: sqlx::Executor<'e, Database = $db>,
         {
-            let done = sqlx::query(
-                "UPDATE tokens SET uses = uses + 1 \
-                 WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND uses < max_uses",
-            )
+            let done = sqlx::query(sql::SPEND_USE)
             .bind(id)
             .bind(at)
             .execute(exec)
             .await?;
             Ok(done.rows_affected() == 1)
-        }
-
-        /// One issuance of a batch: the token use, the row, the audit entry. A refused item
-        /// (inner error) leaves nothing behind: a use spent for a row that was then refused is
-        /// given back in the same transaction. An outer error fails the whole batch.
-        async fn commit_one(
-            conn: &mut DbConn,
-            chain: &mut sql::Chain,
-            item: &Issuance,
-        ) -> Result<Result<(), StoreError>, StoreError> {
-            if let Some(t) = &item.token
-                && !spend_use(&mut *conn, &t.id, t.at).await?
-            {
-                return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
-            }
-            match insert_certificate_row(conn, &item.cert).await {
-                Ok(()) => {}
-                Err(
-                    refused @ (StoreError::Conflict(_)
-                    | StoreError::NotFound(_)
-                    | StoreError::IssuerRevoked(_)),
-                ) => {
-                    if let Some(t) = &item.token {
-                        sqlx::query("UPDATE tokens SET uses = uses - 1 WHERE id = $1")
-                            .bind(&t.id)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    return Ok(Err(refused));
-                }
-                Err(e) => return Err(e),
-            }
-            insert_audit(conn, chain, &item.audit).await?;
-            Ok(Ok(()))
         }
 
         #[async_trait]
@@ -917,25 +910,6 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(())
-            }
-
-            async fn commit_issuances(
-                &self,
-                batch: &[Issuance],
-            ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let mut chain = lock_chain(&mut tx).await?;
-                let mut results: Vec<Option<Result<(), StoreError>>> =
-                    (0..batch.len()).map(|_| None).collect();
-                for i in sql::commit_order(batch) {
-                    results[i] = Some(commit_one(&mut tx, &mut chain, &batch[i]).await?);
-                }
-                save_chain(&mut tx, &chain).await?;
-                tx.commit().await?;
-                Ok(results
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| Err(StoreError::Commit("item skipped".into()))))
-                    .collect())
             }
 
             async fn certificate(

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::sqlite_writer::BatchWriter;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -32,6 +33,7 @@ const LONG_TRANSACTION: Option<&str> = None;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: BatchWriter,
 }
 
 impl SqliteStore {
@@ -70,11 +72,19 @@ impl SqliteStore {
         }
         MIGRATOR.run(&pool).await?;
         let after = applied_version(&pool).await?;
-        Ok((SqliteStore { pool }, applied, after))
+        let writer = match BatchWriter::open(path) {
+            Ok(w) => w,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
+        Ok((SqliteStore { pool, writer }, applied, after))
     }
 
     /// Closes every connection (checkpointing the WAL).
     pub async fn close(&self) {
+        self.writer.stop().await;
         self.pool.close().await;
     }
 
@@ -253,7 +263,14 @@ async fn verify_connection(conn: &mut SqliteConnection) -> Result<DatabaseSummar
     })
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, {});
+sql_store!(SqliteStore, sqlx::Sqlite, {
+    async fn commit_issuances(
+        &self,
+        batch: &[Issuance],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.writer.commit(batch).await
+    }
+});
 
 #[cfg(test)]
 mod tests {
