@@ -1308,15 +1308,16 @@ mod tests {
             ("dev".to_string(), None),
             "an active issuer"
         );
-        let signed_by_dev = a
-            .store()
-            .list_certificates(&crate::store::CertificateFilter {
-                env: Some("dev".into()),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .len();
+        let dev_certificates = || async {
+            a.store()
+                .list_certificates(&crate::store::CertificateFilter {
+                    env: Some("dev".into()),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+        };
+        let signed_by_dev = dev_certificates().await.len();
         a.rotate(rotate_env("dev", true)).await.expect("rotate");
         // b has not re-read the issuers and signs with the revoked one first; the commit
         // refuses that certificate, b refreshes its view and signs with dev.2.
@@ -1328,14 +1329,7 @@ mod tests {
             "b's view is stale"
         );
         assert_eq!(enrolled().await, ("dev.2".to_string(), None));
-        let after = a
-            .store()
-            .list_certificates(&crate::store::CertificateFilter {
-                env: Some("dev".into()),
-                ..Default::default()
-            })
-            .await
-            .expect("list");
+        let after = dev_certificates().await;
         assert_eq!(after.len(), signed_by_dev + 1, "one certificate stored");
         assert_eq!(
             after.iter().filter(|c| c.issuer_id == "dev").count(),
