@@ -438,9 +438,9 @@ impl Ca {
         self.issuer_hint(&rec.issuer_id).await
     }
 
-    /// Whether certificates of `issuer_id` should be renewed at once, and why. Issuance
-    /// answers carry it too: a server whose snapshot of the authorities is a moment old may
-    /// still issue from an intermediate another server has just revoked.
+    /// Whether certificates of `issuer_id` should be renewed at once, and why, from the issuer's
+    /// row (not the snapshot, which is re-read every few seconds): for bundle refreshes and ACME
+    /// `renewalInfo`, where the certificate may be old and its issuer revoked since.
     pub async fn issuer_hint(&self, issuer_id: &str) -> Result<Option<RenewHint>, ServiceError> {
         // The issuer's row itself, not the snapshot (re-read every few seconds): a compromise
         // is reported from the moment it is committed.

@@ -175,7 +175,7 @@ impl Classify for StoreError {
             StoreError::Conflict(_) => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::TokenUsedUp(_) => ErrorKind::Unauthorized,
-            StoreError::IssuerRevoked(_) => ErrorKind::Unavailable,
+            StoreError::IssuerRevoked(_) => ErrorKind::Conflict,
             StoreError::NotCaDatabase(_) => ErrorKind::BadRequest,
             StoreError::SchemaOutdated { .. } | StoreError::SchemaTooNew { .. } => {
                 ErrorKind::Conflict

@@ -35,6 +35,10 @@ pub(super) fn parse_list(col: &str, s: &str) -> Result<Vec<String>, super::Store
         .map_err(|_| super::StoreError::Corrupt(format!("{col} is not a JSON list")))
 }
 
+// The statements below also run on SQLite's writer thread through rusqlite, which binds by
+// position: SQLite numbers a `$N` parameter by the order of its first appearance, so in each of
+// them `$1`, `$2`, ... first appear in that order (a test checks it).
+
 /// Spends one use of token `$1` if it is usable at `$2`: one conditional UPDATE, whose row lock
 /// makes check and increment one step for every server on the database.
 pub(super) const SPEND_USE: &str = "UPDATE tokens SET uses = uses + 1 \
@@ -1428,4 +1432,35 @@ macro_rules! sql_store {
             revoked_from_rows(&rows)
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// rusqlite binds by position and SQLite numbers `$N` by first appearance, sqlx by `N`:
+    /// both agree only while every shared statement first names `$1`, `$2`, ... in order.
+    #[test]
+    fn shared_statements_number_their_parameters_in_order_of_appearance() {
+        for sql in [
+            super::SPEND_USE,
+            super::GIVE_BACK_USE,
+            super::INSERT_CERTIFICATE,
+            super::FIND_STORED,
+            super::ISSUER_REVOKED_AT,
+            super::INSERT_AUDIT,
+            super::SAVE_CHAIN,
+        ] {
+            let mut seen: Vec<usize> = Vec::new();
+            for part in sql.split('$').skip(1) {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                let n: usize = digits
+                    .parse()
+                    .unwrap_or_else(|_| panic!("`$` without a number in {sql}"));
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+            let expected: Vec<usize> = (1..=seen.len()).collect();
+            assert_eq!(seen, expected, "{sql}");
+        }
+    }
 }
