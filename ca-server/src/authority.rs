@@ -132,6 +132,7 @@ pub struct Signer {
     not_after: OffsetDateTime,
     subject_der: Vec<u8>,
     spki_der: Vec<u8>,
+    public_key_bits: Vec<u8>,
     issuer: rcgen::Issuer<'static, SharedKey>,
 }
 
@@ -158,6 +159,7 @@ impl Signer {
         let not_after = cert.validity().not_after.to_datetime();
         let subject_der = cert.subject().as_raw().to_vec();
         let spki_der = cert.public_key().raw.to_vec();
+        let public_key_bits = cert.public_key().subject_public_key.data.to_vec();
         drop(cert);
         let issuer = rcgen::Issuer::from_ca_cert_der(
             &CertificateDer::from(cert_der.as_slice()),
@@ -170,6 +172,7 @@ impl Signer {
             not_after,
             subject_der,
             spki_der,
+            public_key_bits,
             issuer,
         })
     }
@@ -182,6 +185,12 @@ impl Signer {
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The bits of the CA certificate's subjectPublicKey (what an OCSP responder's key hash
+    /// covers).
+    pub fn public_key_bits(&self) -> &[u8] {
+        &self.public_key_bits
     }
 
     /// The CA key.

@@ -521,9 +521,7 @@ pub fn build_response(
         .map(prepare)
         .collect::<Result<Vec<_>, _>>()?;
     let produced_at = generalized_time(produced_at)?;
-    let (_, signer_cert) =
-        X509Certificate::from_der(signer.cert_der()).map_err(|_| OcspError::CaCertificate)?;
-    let key_hash = HashAlg::Sha1.digest(&signer_cert.public_key().subject_public_key.data);
+    let key_hash = HashAlg::Sha1.digest(signer.public_key_bits());
 
     let tbs = yasna::construct_der(|w| {
         w.write_sequence(|w| {
