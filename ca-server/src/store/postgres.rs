@@ -191,42 +191,105 @@ impl PgStore {
     }
 }
 
-/// One issuance of a batch: the token use, the row, the audit entry. A refused item
-/// (inner error) leaves nothing behind: a use spent for a row that was then refused is
-/// given back in the same transaction. An outer error fails the whole batch.
+/// One issuance as one statement: the token's use ([`sql::SPEND_USE`] with the token as `$19`
+/// and the time as `$20`), the certificate row ([`sql::INSERT_CERTIFICATE`], only once the use
+/// is spent) and its audit entry (`$21`..`$30`, only once the row is in), so an item costs one
+/// round trip. It answers how many uses it spent and the audit entry's id, if one was written.
+const COMMIT_ONE: &str = "WITH spent AS (\
+     UPDATE tokens SET uses = uses + 1 \
+     WHERE id = $19 AND revoked_at IS NULL AND expires_at > $20 AND uses < max_uses \
+     RETURNING id), \
+     cert AS (\
+     INSERT INTO certificates (serial, issuer_id, env, service, spiffe_id, dns_names, \
+     ip_addresses, key_type, key_fingerprint, fingerprint, not_before, not_after, cert_pem, \
+     issued_via, issued_by, created_at, revoked_at, revocation_reason) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+     WHERE ($19::TEXT IS NULL OR EXISTS (SELECT 1 FROM spent)) \
+     AND EXISTS (SELECT 1 FROM serials WHERE serial = $1) \
+     AND EXISTS (SELECT 1 FROM authorities WHERE id = $2 AND revoked_at IS NULL) \
+     ON CONFLICT DO NOTHING RETURNING serial), \
+     audit AS (\
+     INSERT INTO audit_log (at, actor, action, env, service, serial, result, reason, \
+     prev_hash, entry_hash) \
+     SELECT $21, $22, $23, $24, $25, $26, $27, $28, $29, $30 \
+     WHERE EXISTS (SELECT 1 FROM cert) RETURNING id) \
+     SELECT (SELECT COUNT(*) FROM spent) AS spent, (SELECT id FROM audit) AS audit_id";
+
+/// One issuance of a batch ([`COMMIT_ONE`]). A refused item (inner error) leaves nothing
+/// behind: a use spent for a row that was then refused is given back in the same transaction,
+/// and the refusal is named as the SQLite writer names it ([`sql::refusal`]). An outer error
+/// fails the whole batch.
 async fn commit_one(
     conn: &mut DbConn,
     chain: &mut sql::Chain,
     item: &Issuance,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    if let Some(t) = &item.token
-        && !spend_use(&mut *conn, &t.id, t.at).await?
-    {
-        return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
+    use sqlx::Row;
+    let c = &item.cert;
+    let e = &item.audit;
+    let hash = super::audit_hash(&chain.last_hash, e);
+    let row = sqlx::query(COMMIT_ONE)
+        .bind(&c.serial)
+        .bind(&c.issuer_id)
+        .bind(&c.env)
+        .bind(&c.service)
+        .bind(&c.spiffe_id)
+        .bind(sql::json_list(&c.dns_names))
+        .bind(sql::json_list(&c.ip_addresses))
+        .bind(&c.key_type)
+        .bind(&c.key_fingerprint)
+        .bind(&c.fingerprint)
+        .bind(c.not_before)
+        .bind(c.not_after)
+        .bind(&c.cert_pem)
+        .bind(c.issued_via.as_str())
+        .bind(&c.issued_by)
+        .bind(c.created_at)
+        .bind(c.revoked_at)
+        .bind(&c.revocation_reason)
+        .bind(item.token.as_ref().map(|t| t.id.as_str()))
+        .bind(item.token.as_ref().map(|t| t.at))
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.env)
+        .bind(&e.service)
+        .bind(&e.serial)
+        .bind(e.result.as_str())
+        .bind(&e.reason)
+        .bind(&chain.last_hash)
+        .bind(&hash)
+        .fetch_one(&mut *conn)
+        .await?;
+    let spent: i64 = row.try_get("spent")?;
+    if let Some(id) = row.try_get::<Option<i64>, _>("audit_id")? {
+        chain.last_id = id;
+        chain.last_hash = hash;
+        return Ok(Ok(()));
     }
-    match insert_certificate_row(conn, &item.cert).await {
-        Ok(()) => {}
-        Err(
-            refused @ (StoreError::Conflict(_)
-            | StoreError::NotFound(_)
-            | StoreError::IssuerRevoked(_)),
-        ) => {
-            if let Some(t) = &item.token {
-                sqlx::query(sql::GIVE_BACK_USE)
-                    .bind(&t.id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            return Ok(Err(refused));
+    if let Some(t) = &item.token {
+        if spent == 0 {
+            return Ok(Err(StoreError::TokenUsedUp(t.id.clone())));
         }
-        Err(e) => return Err(e),
+        sqlx::query(sql::GIVE_BACK_USE)
+            .bind(&t.id)
+            .execute(&mut *conn)
+            .await?;
     }
-    insert_audit(conn, chain, &item.audit).await?;
-    Ok(Ok(()))
+    let stored: Option<String> = sqlx::query_scalar(sql::FIND_STORED)
+        .bind(&c.serial)
+        .bind(&c.fingerprint)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let issuer_revoked_at: Option<Option<i64>> = sqlx::query_scalar(sql::ISSUER_REVOKED_AT)
+        .bind(&c.issuer_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(Err(sql::refusal(c, stored.is_some(), issuer_revoked_at)))
 }
 
-/// [`Store::commit_issuances`]: one transaction over the pool, one statement at a time (the
-/// SQLite backend runs the same statements on its writer thread).
+/// [`Store::commit_issuances`]: one transaction over the pool, one round trip per item (the
+/// SQLite backend runs the same rules on its writer thread).
 async fn commit_issuances_in(
     pool: &PgPool,
     batch: &[Issuance],
