@@ -228,25 +228,7 @@ async fn commit_one(
     let c = &item.cert;
     let e = &item.audit;
     let hash = super::audit_hash(&chain.last_hash, e);
-    let row = sqlx::query(COMMIT_ONE)
-        .bind(&c.serial)
-        .bind(&c.issuer_id)
-        .bind(&c.env)
-        .bind(&c.service)
-        .bind(&c.spiffe_id)
-        .bind(sql::json_list(&c.dns_names))
-        .bind(sql::json_list(&c.ip_addresses))
-        .bind(&c.key_type)
-        .bind(&c.key_fingerprint)
-        .bind(&c.fingerprint)
-        .bind(c.not_before)
-        .bind(c.not_after)
-        .bind(&c.cert_pem)
-        .bind(c.issued_via.as_str())
-        .bind(&c.issued_by)
-        .bind(c.created_at)
-        .bind(c.revoked_at)
-        .bind(&c.revocation_reason)
+    let row = bind_certificate(sqlx::query(COMMIT_ONE), c)
         .bind(item.token.as_ref().map(|t| t.id.as_str()))
         .bind(item.token.as_ref().map(|t| t.at))
         .bind(e.at)
@@ -276,16 +258,7 @@ async fn commit_one(
             .execute(&mut *conn)
             .await?;
     }
-    let stored: Option<String> = sqlx::query_scalar(sql::FIND_STORED)
-        .bind(&c.serial)
-        .bind(&c.fingerprint)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let issuer_revoked_at: Option<Option<i64>> = sqlx::query_scalar(sql::ISSUER_REVOKED_AT)
-        .bind(&c.issuer_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(Err(sql::refusal(c, stored.is_some(), issuer_revoked_at)))
+    Ok(Err(certificate_refusal(conn, c).await?))
 }
 
 /// [`Store::commit_issuances`]: one transaction over the pool, one round trip per item (the

@@ -363,14 +363,13 @@ macro_rules! sql_store {
             save_chain(conn, &chain).await
         }
 
-        /// Inserts a certificate row ([`sql::INSERT_CERTIFICATE`]); when it is refused, writes
-        /// nothing and names the rule ([`sql::refusal`]).
-        async fn insert_certificate_row(
-            conn: &mut DbConn,
-            c: &CertificateRecord,
-        ) -> Result<(), StoreError> {
-            let done = sqlx::query(sql::INSERT_CERTIFICATE)
-                .bind(&c.serial)
+        /// `q` with the certificate's columns bound as `$1`..`$18`, in
+        /// [`sql::INSERT_CERTIFICATE`]'s order.
+        fn bind_certificate<'q>(
+            q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+            c: &'q CertificateRecord,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            q.bind(&c.serial)
                 .bind(&c.issuer_id)
                 .bind(&c.env)
                 .bind(&c.service)
@@ -388,11 +387,13 @@ macro_rules! sql_store {
                 .bind(c.created_at)
                 .bind(c.revoked_at)
                 .bind(&c.revocation_reason)
-                .execute(&mut *conn)
-                .await?;
-            if done.rows_affected() == 1 {
-                return Ok(());
-            }
+        }
+
+        /// Why certificate `c` was not inserted ([`sql::refusal`]), read in the same transaction.
+        async fn certificate_refusal(
+            conn: &mut DbConn,
+            c: &CertificateRecord,
+        ) -> Result<StoreError, StoreError> {
             let stored: Option<String> = sqlx::query_scalar(sql::FIND_STORED)
                 .bind(&c.serial)
                 .bind(&c.fingerprint)
@@ -403,7 +404,22 @@ macro_rules! sql_store {
                     .bind(&c.issuer_id)
                     .fetch_optional(&mut *conn)
                     .await?;
-            Err(sql::refusal(c, stored.is_some(), issuer_revoked_at))
+            Ok(sql::refusal(c, stored.is_some(), issuer_revoked_at))
+        }
+
+        /// Inserts a certificate row ([`sql::INSERT_CERTIFICATE`]); when it is refused, writes
+        /// nothing and names the rule ([`sql::refusal`]).
+        async fn insert_certificate_row(
+            conn: &mut DbConn,
+            c: &CertificateRecord,
+        ) -> Result<(), StoreError> {
+            let done = bind_certificate(sqlx::query(sql::INSERT_CERTIFICATE), c)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 1 {
+                return Ok(());
+            }
+            Err(certificate_refusal(conn, c).await?)
         }
 
         /// Spends one use of token `id` if it is usable at `at` ([`sql::SPEND_USE`]).
