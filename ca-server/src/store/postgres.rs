@@ -228,19 +228,10 @@ async fn commit_one(
     let c = &item.cert;
     let e = &item.audit;
     let hash = super::audit_hash(&chain.last_hash, e);
-    let row = bind_certificate(sqlx::query(COMMIT_ONE), c)
+    let q = bind_certificate(sqlx::query(COMMIT_ONE), c)
         .bind(item.token.as_ref().map(|t| t.id.as_str()))
-        .bind(item.token.as_ref().map(|t| t.at))
-        .bind(e.at)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.env)
-        .bind(&e.service)
-        .bind(&e.serial)
-        .bind(e.result.as_str())
-        .bind(&e.reason)
-        .bind(&chain.last_hash)
-        .bind(&hash)
+        .bind(item.token.as_ref().map(|t| t.at));
+    let row = bind_audit(q, e, &chain.last_hash, &hash)
         .fetch_one(&mut *conn)
         .await?;
     let spent: i64 = row.try_get("spent")?;

@@ -337,20 +337,12 @@ macro_rules! sql_store {
             chain: &mut sql::Chain,
             e: &AuditEntry,
         ) -> Result<(), StoreError> {
+            use sqlx::Row;
             let hash = super::audit_hash(&chain.last_hash, e);
-            let id: i64 = sqlx::query_scalar(sql::INSERT_AUDIT)
-            .bind(e.at)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.env)
-            .bind(&e.service)
-            .bind(&e.serial)
-            .bind(e.result.as_str())
-            .bind(&e.reason)
-            .bind(&chain.last_hash)
-            .bind(&hash)
-            .fetch_one(&mut *conn)
-            .await?;
+            let id: i64 = bind_audit(sqlx::query(sql::INSERT_AUDIT), e, &chain.last_hash, &hash)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("id")?;
             chain.last_id = id;
             chain.last_hash = hash;
             Ok(())
@@ -387,6 +379,26 @@ macro_rules! sql_store {
                 .bind(c.created_at)
                 .bind(c.revoked_at)
                 .bind(&c.revocation_reason)
+        }
+
+        /// `q` with audit entry `e` bound as ten parameters in [`sql::INSERT_AUDIT`]'s order,
+        /// linked after `prev_hash` and carrying `hash`.
+        fn bind_audit<'q>(
+            q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+            e: &'q AuditEntry,
+            prev_hash: &'q str,
+            hash: &'q str,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            q.bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.env)
+                .bind(&e.service)
+                .bind(&e.serial)
+                .bind(e.result.as_str())
+                .bind(&e.reason)
+                .bind(prev_hash)
+                .bind(hash)
         }
 
         /// Why certificate `c` was not inserted ([`sql::refusal`]), read in the same transaction.
