@@ -623,16 +623,30 @@ pub fn verify_chain(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), AuthorityE
         .map_err(|e| AuthorityError::SelfCheck(format!("does not parse: {e}")))?;
     let (_, issuer) = X509Certificate::from_der(issuer_der)
         .map_err(|e| AuthorityError::SelfCheck(format!("issuer does not parse: {e}")))?;
-    if cert.issuer().as_raw() != issuer.subject().as_raw() {
+    issued_by(
+        &cert,
+        issuer.subject().as_raw(),
+        issuer.public_key(),
+        issuer.validity().not_after.timestamp(),
+    )
+}
+
+/// That `cert` names the issuer with subject `subject_der` and key `key`, carries a valid
+/// signature by it, and ends no later than the issuer (`issuer_not_after`, Unix seconds).
+fn issued_by(
+    cert: &X509Certificate<'_>,
+    subject_der: &[u8],
+    key: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    issuer_not_after: i64,
+) -> Result<(), AuthorityError> {
+    if cert.issuer().as_raw() != subject_der {
         return Err(AuthorityError::SelfCheck(
             "issuer name does not match".into(),
         ));
     }
-    cert.verify_signature(Some(issuer.public_key()))
+    cert.verify_signature(Some(key))
         .map_err(|e| AuthorityError::SelfCheck(format!("signature does not verify: {e}")))?;
-    let v = cert.validity();
-    let iv = issuer.validity();
-    if v.not_after.timestamp() > iv.not_after.timestamp() {
+    if cert.validity().not_after.timestamp() > issuer_not_after {
         return Err(AuthorityError::SelfCheck("outlives its issuer".into()));
     }
     Ok(())
@@ -648,18 +662,16 @@ fn checked_leaf(
 ) -> Result<Issued, AuthorityError> {
     let fail = |m: &str| AuthorityError::SelfCheck(m.to_string());
     let (_, cert) = X509Certificate::from_der(&der).map_err(|_| fail("does not parse"))?;
-    if cert.issuer().as_raw() != issuer.subject_der.as_slice() {
-        return Err(fail("issuer name does not match"));
-    }
     let (_, issuer_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&issuer.spki_der)
         .map_err(|_| fail("issuer key does not parse"))?;
-    cert.verify_signature(Some(&issuer_key))
-        .map_err(|e| AuthorityError::SelfCheck(format!("signature does not verify: {e}")))?;
+    issued_by(
+        &cert,
+        &issuer.subject_der,
+        &issuer_key,
+        issuer.not_after.unix_timestamp(),
+    )?;
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
-    if not_after > issuer.not_after {
-        return Err(fail("outlives its issuer"));
-    }
     if Serial::from_bytes(cert.raw_serial()) != *spec.serial {
         return Err(fail("serial differs from the reserved one"));
     }

@@ -379,8 +379,8 @@ async fn renew(
     Ok(issued_with_hint(&st, out))
 }
 
-/// The issuance answer, with the renew-now hint when the issuer is already retiring (a
-/// revoked one never gets this far: its certificates do not commit).
+/// The issuance answer, with the renew-now hint when this server sees the issuer retiring (one
+/// whose revocation committed first never gets this far: its certificates do not commit).
 fn issued_with_hint(st: &AppState, out: IssueOutput) -> Response {
     let hint = st.ca.issued_hint(&out.record.issuer_id);
     with_renew_hint(issued_response(out), hint)

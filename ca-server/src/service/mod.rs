@@ -711,7 +711,8 @@ impl Ca {
     /// spent only if the certificate commits) before returning it. When the commit finds the
     /// issuer revoked (another server rotated it out after a compromise and this server's view
     /// of the authorities is a moment old), the view is refreshed and the request is signed
-    /// once more by the environment's new issuer: nothing a revoked issuer signed leaves.
+    /// once more by the environment's new issuer: nothing signed by an issuer whose revocation
+    /// has committed leaves.
     pub async fn complete(
         &self,
         input: &IssueInput,
@@ -900,21 +901,14 @@ pub(crate) mod testing {
         Arc<crate::clock::ManualClock>,
     ) {
         use crate::clock::ManualClock;
-        use crate::service::{CaLifetimes, CaOptions};
-        use crate::store::Store;
-        let now = time::OffsetDateTime::now_utc();
+        use crate::service::CaOptions;
+        let now = OffsetDateTime::now_utc();
         let lifetimes = CaLifetimes {
             root: time::Duration::days(3650),
             intermediate: time::Duration::days(30),
         };
-        let (policy, store) = crate::service::testing::example_store(
-            dir,
-            None,
-            lifetimes,
-            &["localhost".to_string()],
-            now,
-        )
-        .await;
+        let (policy, store) =
+            example_store(dir, None, lifetimes, &["localhost".to_string()], now).await;
         let mut out = Vec::new();
         for _ in 0..2 {
             let clock = Arc::new(ManualClock::new(now));
