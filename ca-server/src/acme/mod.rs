@@ -326,6 +326,12 @@ impl std::fmt::Debug for AcmeServer {
     }
 }
 
+/// The MAC key of EAB key id `kid`: derived from the CA's sealed secret, never stored, so every
+/// server sharing the database derives the same key.
+async fn eab_mac_key(ca: &Ca, kid: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ServiceError> {
+    ca.derive_secret(&format!("acme-eab:{kid}")).await
+}
+
 /// A random URL-safe id of `N` bytes.
 pub fn random_id<const N: usize>() -> Result<String, ServiceError> {
     crate::service::random_bytes::<N>().map(|b| jws::b64(&b))
@@ -382,14 +388,6 @@ impl AcmeServer {
         }
     }
 
-    /// The MAC key of EAB key id `kid`: derived from the CA's sealed secret, never stored.
-    async fn eab_mac_key(&self, kid: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, AcmeError> {
-        self.ca
-            .derive_secret(&format!("acme-eab:{kid}"))
-            .await
-            .map_err(AcmeError::from)
-    }
-
     /// Mints an EAB key for (env, service): returns (kid, base64url MAC key), shown once.
     pub async fn create_eab(
         ca: &Ca,
@@ -422,14 +420,7 @@ impl AcmeServer {
             )));
         }
         // A binding key is an enrollment credential: the single-use token limit applies.
-        let max = crate::service::MAX_SINGLE_USE_TTL;
-        if ttl > max {
-            return Err(ServiceError::Forbidden(format!(
-                "TTL {} exceeds the {} limit for external account binding keys",
-                crate::duration::HumanDuration(ttl),
-                crate::duration::HumanDuration(max)
-            )));
-        }
+        crate::service::check_single_use_ttl(ttl, "external account binding keys")?;
         let kid = random_id::<12>()?;
         let now = ca.now_unix();
         let key = AcmeEabKey {
@@ -454,7 +445,7 @@ impl AcmeServer {
             reason: Some(format!("kid {kid}")),
         };
         // The MAC key first: a CA that cannot derive it (wrong passphrase) stores nothing.
-        let mac = ca.derive_secret(&format!("acme-eab:{kid}")).await?;
+        let mac = eab_mac_key(ca, &kid).await?;
         ca.store().acme_create_eab(&key, &audit).await?;
         Ok((kid, zeroize::Zeroizing::new(jws::b64(&mac))))
     }
@@ -516,7 +507,7 @@ impl AcmeServer {
                         "the external account binding key is used up or expired",
                     ));
                 }
-                let mac = self.eab_mac_key(&eab.kid).await?;
+                let mac = eab_mac_key(&self.ca, &eab.kid).await?;
                 eab.verify(&self.url(env, "new-account"), key, &mac)?;
                 (stored.service, Some(eab.kid))
             }

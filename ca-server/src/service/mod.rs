@@ -18,7 +18,7 @@ pub use init::{BuiltCa, CaLifetimes, DEFAULT_SERVER_NAMES, build_ca, split_serve
 pub use mtls::{EnrollInput, RenewInput, ServerCert};
 pub use revocation::{RevokeInput, RevokeTarget};
 pub use rotation::{IssuerInfo, IssuerState, RenewHint, RotateInput, RotateOutput, RotateTarget};
-pub use tokens::{CreatedToken, MAX_SINGLE_USE_TTL, TokenInput, parse_token};
+pub use tokens::{CreatedToken, MAX_SINGLE_USE_TTL, TokenInput, check_single_use_ttl, parse_token};
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -53,6 +53,19 @@ pub fn parse_token(text: &str) -> Result<(&str, &str), ServiceError> {
     Ok((id, secret))
 }
 
+/// Refuses a TTL above [`MAX_SINGLE_USE_TTL`] for a single-use enrollment credential (`what`:
+/// enrollment tokens, ACME external account binding keys).
+pub fn check_single_use_ttl(ttl: Duration, what: &str) -> Result<(), ServiceError> {
+    if ttl > MAX_SINGLE_USE_TTL {
+        return Err(ServiceError::Forbidden(format!(
+            "TTL {} exceeds the {} limit for {what}",
+            HumanDuration(ttl),
+            HumanDuration(MAX_SINGLE_USE_TTL)
+        )));
+    }
+    Ok(())
+}
+
 /// Why `record` cannot enroll at `now`, if it cannot.
 fn unusable(record: &TokenRecord, now: i64) -> Option<ServiceError> {
     let id = &record.id;
@@ -158,12 +171,8 @@ impl Ca {
                     HumanDuration(limits.max_ttl)
                 )));
             }
-        } else if ttl > MAX_SINGLE_USE_TTL {
-            return Err(ServiceError::Forbidden(format!(
-                "TTL {} exceeds the {} limit for enrollment tokens",
-                HumanDuration(ttl),
-                HumanDuration(MAX_SINGLE_USE_TTL)
-            )));
+        } else {
+            check_single_use_ttl(ttl, "enrollment tokens")?;
         }
         let id = hex::encode(random_bytes::<8>()?);
         let secret = zeroize::Zeroizing::new(hex::encode(random_bytes::<32>()?));
