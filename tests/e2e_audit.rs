@@ -7,25 +7,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use ca_server::store::{AuditEntry, AuditResult, audit_hash};
-use support::{TestCa, run_bounded};
+use support::TestCa;
 
 const API_DEV: &str = "api.dev.svc.example.internal";
 const PASSPHRASE: &str = "correct horse battery staple";
 
 fn sqlite(db: &Path, sql: &str) -> String {
-    sqlite_with(&[], db, sql)
-}
-
-fn sqlite_with(flags: &[&str], db: &Path, sql: &str) -> String {
-    let mut c = Command::new("sqlite3");
-    c.args(flags).arg(db).arg(sql).stdin(Stdio::null());
-    let run = run_bounded(c, Duration::from_secs(30));
-    assert!(run.ok(), "sqlite3 {sql}: {}", run.stderr);
-    run.stdout
+    support::sqlite3(&[], db, sql)
 }
 
 /// A copy of `ca`'s database in a CA location of its own, with the same passphrase.
@@ -125,7 +115,7 @@ fn tampering_with_the_audit_log_is_found_and_located() {
     // signed checkpoint.
     let t = copy_of(&ca);
     let tdb = t.data.join("ca.db");
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&sqlite_with(
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&support::sqlite3(
         &["-json"],
         &tdb,
         "SELECT id, at, actor, action, env, service, serial, result, reason FROM audit_log ORDER BY id;",

@@ -76,11 +76,7 @@ fn integrity(file: &Path) -> String {
 
 /// `sqlite3 FILE SQL` (one value).
 fn sqlite_value(file: &Path, sql: &str) -> String {
-    let mut c = Command::new("sqlite3");
-    c.arg(file).arg(sql).stdin(Stdio::null());
-    let run = run_bounded(c, Duration::from_secs(30));
-    assert!(run.ok(), "sqlite3 {sql}: {}", run.stderr);
-    run.stdout.trim().to_string()
+    support::sqlite3(&[], file, sql).trim().to_string()
 }
 
 /// Every file of `dir` with its contents.

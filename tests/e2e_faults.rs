@@ -152,11 +152,7 @@ impl Drop for FsizeLimit {
 
 /// One line of `sqlite3 DB SQL`.
 fn sqlite(db: &Path, sql: &str) -> String {
-    let mut c = Command::new("sqlite3");
-    c.arg(db).arg(sql);
-    let run = run_bounded(c, Duration::from_secs(30));
-    run.expect_code(0);
-    run.stdout.trim().to_string()
+    support::sqlite3(&[], db, sql).trim().to_string()
 }
 
 /// Certificates stored and enrollment-token uses spent.

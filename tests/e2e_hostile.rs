@@ -53,21 +53,15 @@ impl Ledger {
         let certs = json_of(&ca.server(&["certs", "list", "--json"]));
         let tokens = json_of(&ca.server(&["token", "list", "--all", "--json"]));
         let db = ca.data.join("ca.db");
-        let rows = Command::new("sqlite3")
-            .arg(&db)
-            .arg(
-                "SELECT 'authority ' || id FROM authorities \
-                 UNION ALL SELECT 'eab key ' || kid FROM acme_eab_keys \
-                 UNION ALL SELECT 'acme account ' || id || ' ' || status FROM acme_accounts",
-            )
-            .output()
-            .expect("sqlite3 (scripts/test.sh installs it)");
-        assert!(rows.status.success(), "sqlite3 {}", db.display());
+        let rows = support::sqlite3(
+            &[],
+            &db,
+            "SELECT 'authority ' || id FROM authorities \
+             UNION ALL SELECT 'eab key ' || kid FROM acme_eab_keys \
+             UNION ALL SELECT 'acme account ' || id || ' ' || status FROM acme_accounts",
+        );
         Ledger {
-            rows: String::from_utf8_lossy(&rows.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect(),
+            rows: rows.lines().map(str::to_string).collect(),
             certs: certs
                 .as_array()
                 .expect("certs array")

@@ -239,6 +239,29 @@ where
     run_bounded(c, Duration::from_secs(30))
 }
 
+/// `sqlite3 [FLAGS] DB SQL` (bounded, no stdin), asserting that it succeeded; its output.
+pub fn sqlite3(flags: &[&str], db: &Path, sql: &str) -> String {
+    let mut c = Command::new("sqlite3");
+    c.args(flags).arg(db).arg(sql).stdin(Stdio::null());
+    let run = run_bounded(c, Duration::from_secs(30));
+    assert!(run.ok(), "sqlite3 {sql}: {}", run.stderr);
+    run.stdout
+}
+
+/// The subjectAltName extension of certificate `cert` as `openssl x509` prints it.
+pub fn san_text(cert: &Path) -> String {
+    let run = openssl([
+        "x509".as_ref(),
+        "-noout".as_ref(),
+        "-ext".as_ref(),
+        "subjectAltName".as_ref(),
+        "-in".as_ref(),
+        cert.as_os_str(),
+    ]);
+    run.expect_code(0);
+    run.stdout
+}
+
 /// Removes the environment variables that stand for `ca-server` flags, so only the arguments a
 /// test gives count.
 pub fn clear_ca_env(c: &mut Command) {
