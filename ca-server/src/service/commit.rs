@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{ServiceError, random_serial};
+use super::{ServiceError, time_ordered_serial};
 use crate::pki::Serial;
 use crate::store::{Issuance, Store, StoreError};
 
@@ -45,7 +45,7 @@ impl SerialPool {
         let mut attempts = 0;
         loop {
             let block = (0..self.block)
-                .map(|_| random_serial())
+                .map(|_| time_ordered_serial(at))
                 .collect::<Result<Vec<_>, _>>()?;
             match store.reserve_serials(&block, at).await {
                 Ok(()) => {
