@@ -144,6 +144,18 @@ pub async fn run(store: &dyn Store) {
         store.reserve_serials(&[serial("aa01")], 2_001).await,
         Err(StoreError::Conflict(_))
     ));
+    // A block stands or falls whole: one taken serial, or one named twice, reserves none.
+    for block in [["aa02", "aa01", "aa03"], ["aa02", "aa03", "aa02"]] {
+        let block: Vec<Serial> = block.iter().map(|s| serial(s)).collect();
+        match store.reserve_serials(&block, 2_001).await {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("aa0"), "{m}"),
+            other => panic!("block {block:?}: {other:?}"),
+        }
+    }
+    store
+        .reserve_serials(&[serial("aa02"), serial("aa03")], 2_002)
+        .await
+        .expect("a refused block left some of its serials reserved");
 
     // Certificates: only reserved serials; row and audit commit together.
     let unreserved = cert("bb01", "dev", "api", 2_000, 9_000);

@@ -284,6 +284,32 @@ sql_store!(PgStore, sqlx::Postgres, {
         commit_issuances_in(&self.pool, batch).await
     }
 
+    async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError> {
+        // The whole block in one statement (one round trip, not one per serial).
+        let hex: Vec<String> = serials.iter().map(Serial::to_hex).collect();
+        let mut tx = self.pool.begin().await?;
+        let reserved: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO serials (serial, reserved_at) SELECT s, $2 FROM UNNEST($1::text[]) AS s \
+             ON CONFLICT DO NOTHING RETURNING serial",
+        )
+        .bind(&hex)
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut left = reserved;
+        for serial in &hex {
+            match left.iter().position(|r| r == serial) {
+                Some(i) => {
+                    left.swap_remove(i);
+                }
+                // Dropping the transaction rolls the whole block back.
+                None => return Err(sql::serial_taken(serial)),
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn watch_revocations(&self, hook: ChangeHook) -> Result<bool, StoreError> {
         // Its own connection: LISTEN holds it for as long as the server runs.
         let pool = PgPoolOptions::new()

@@ -41,6 +41,16 @@ pub(super) fn parse_list(col: &str, s: &str) -> Result<Vec<String>, super::Store
 // position: SQLite numbers a `$N` parameter by the order of its first appearance, so in each of
 // them `$1`, `$2`, ... first appear in that order (a test checks it).
 
+/// Reserves serial `$1` at `$2`; inserts nothing if it was ever used (a certificate's, an
+/// authority's, or an earlier reservation).
+pub(super) const RESERVE_SERIAL: &str =
+    "INSERT INTO serials (serial, reserved_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+/// The refusal of a block of serials of which `serial` was taken: nothing of it is reserved.
+pub(super) fn serial_taken(serial: &str) -> super::StoreError {
+    super::StoreError::Conflict(format!("serial {serial} already used"))
+}
+
 /// Spends one use of token `$1` if it is usable at `$2`: one conditional UPDATE, whose row lock
 /// makes check and increment one step for every server on the database.
 pub(super) const SPEND_USE: &str = "UPDATE tokens SET uses = uses + 1 \
@@ -928,24 +938,6 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                for serial in serials {
-                    let done = sqlx::query(
-                        "INSERT INTO serials (serial, reserved_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(serial.to_hex())
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() != 1 {
-                        return Err(StoreError::Conflict(format!("serial {serial} already used")));
-                    }
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
             async fn certificate(
                 &self,
                 serial: &Serial,
@@ -1471,6 +1463,7 @@ mod tests {
     #[test]
     fn shared_statements_number_their_parameters_in_order_of_appearance() {
         for sql in [
+            super::RESERVE_SERIAL,
             super::SPEND_USE,
             super::GIVE_BACK_USE,
             super::INSERT_CERTIFICATE,

@@ -270,6 +270,12 @@ sql_store!(SqliteStore, sqlx::Sqlite, {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.writer.commit(batch).await
     }
+
+    async fn reserve_serials(&self, serials: &[Serial], at: i64) -> Result<(), StoreError> {
+        self.writer
+            .reserve(serials.iter().map(Serial::to_hex).collect(), at)
+            .await
+    }
 });
 
 #[cfg(test)]

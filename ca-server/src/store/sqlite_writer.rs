@@ -1,6 +1,6 @@
 //! SQLite's issuance writer: one connection on a thread of its own runs a whole batch of
 //! issuances (token uses, certificate rows, audit entries and the audit head) as one
-//! transaction. sqlx hands every statement to its connection's thread and back, so a batch
+//! transaction, and so does a block of serial reservations. sqlx hands every statement to its connection's thread and back, so a batch
 //! cost two thread switches per statement; here it costs one hand-off for the whole batch.
 //!
 //! The statements and the refusal rules are the ones the sqlx path uses ([`super::sql`]), and
@@ -23,6 +23,7 @@ type Outcome = Result<Vec<Result<(), StoreError>>, StoreError>;
 
 enum Job {
     Batch(Vec<Issuance>, oneshot::Sender<Outcome>),
+    Reserve(Vec<String>, i64, oneshot::Sender<Result<(), StoreError>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -92,6 +93,16 @@ impl BatchWriter {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Reserves `serials` (hex) at `at` in one transaction (see
+    /// [`super::Store::reserve_serials`]).
+    pub(super) async fn reserve(&self, serials: Vec<String>, at: i64) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Reserve(serials, at, reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Ends the thread once the batches sent before are done, and waits until its connection
     /// is closed.
     pub(super) async fn stop(&self) {
@@ -113,12 +124,37 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 };
                 let _ = reply.send(outcome);
             }
+            Job::Reserve(serials, at, reply) => {
+                let outcome = match conn.as_mut() {
+                    Some(c) => reserve(c, &serials, at),
+                    None => Err(stopped()),
+                };
+                let _ = reply.send(outcome);
+            }
             Job::Stop(done) => {
                 drop(conn.take());
                 let _ = done.send(());
             }
         }
     }
+}
+
+fn reserve(conn: &mut Connection, serials: &[String], at: i64) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    {
+        let mut insert = tx
+            .prepare_cached(sql::RESERVE_SERIAL)
+            .map_err(store_error)?;
+        for serial in serials {
+            if insert.execute(params![serial, at]).map_err(store_error)? != 1 {
+                // Dropping the transaction rolls the whole block back.
+                return Err(sql::serial_taken(serial));
+            }
+        }
+    }
+    tx.commit().map_err(store_error)
 }
 
 fn commit(conn: &mut Connection, batch: &[Issuance]) -> Outcome {
