@@ -129,8 +129,8 @@ for i in $(seq 1 "$replicas"); do
 done
 echo "  curl -so /dev/null -w '%{http_code}\\n' ${http_urls[0]}/crl/dev.crl"
 cat <<EOF
-  # a certificate through any replica (cargo build --release -p ca-agent):
-  $PWD/target/release/ca-agent issue --server ${https_urls[0]} --root-fingerprint $fingerprint \\
+  # a certificate through any replica (cargo build --profile agent -p ca-agent):
+  $PWD/target/agent/ca-agent issue --server ${https_urls[0]} --root-fingerprint $fingerprint \\
       --token "\$($bin token create --env dev --service api 2>/dev/null)" \\
       --env dev --service api --dns api.dev.svc.example.internal --out /tmp/api-cert
 
