@@ -469,7 +469,7 @@ impl Ca {
         let next_update = to_datetime(now + self.options.ocsp_validity.whole_seconds());
         let mut responses = Vec::with_capacity(req.cert_ids.len());
         for id in &req.cert_ids {
-            let status = match self.store().certificate(&id.serial).await {
+            let status = match self.store().certificate_status(&id.serial).await {
                 Ok(Some(rec)) if rec.issuer_id == env => {
                     match (rec.revoked_at, rec.revocation_reason.as_deref()) {
                         (Some(at), reason) => ocsp::CertStatus::Revoked {

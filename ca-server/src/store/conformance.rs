@@ -3,9 +3,9 @@
 
 use super::{
     AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditEntry, AuditResult, AuthorityKind, AuthorityRecord,
-    CaSettings, CertStatus, CertificateFilter, CertificateRecord, CrlDraft, CrossCertificate,
-    Issuance, IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store,
-    StoreError, TokenRecord, TokenUse,
+    CaSettings, CertStatus, CertificateFilter, CertificateRecord, CertificateStatus, CrlDraft,
+    CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa,
+    RevokedEntry, Store, StoreError, TokenRecord, TokenUse,
 };
 use crate::pki::Serial;
 
@@ -1092,6 +1092,26 @@ async fn revocation(store: &dyn Store, now: i64) {
         (Some(now), Some("key-compromise"))
     );
     assert_eq!(rec.status(now), CertStatus::Revoked);
+    for s in ["aa11", "aa12"] {
+        let rec = store.certificate(&serial(s)).await.expect("get");
+        let status = store.certificate_status(&serial(s)).await.expect("status");
+        assert_eq!(
+            status,
+            rec.map(|r| CertificateStatus {
+                issuer_id: r.issuer_id,
+                revoked_at: r.revoked_at,
+                revocation_reason: r.revocation_reason,
+            }),
+            "{s}"
+        );
+    }
+    assert_eq!(
+        store
+            .certificate_status(&serial("ffff"))
+            .await
+            .expect("status"),
+        None
+    );
     store
         .revoke_certificate(
             &serial("aa10"),

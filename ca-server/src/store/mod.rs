@@ -420,6 +420,17 @@ impl IssuedVia {
     }
 }
 
+/// The columns of a certificate's row that its revocation status is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// The authority that issued it.
+    pub issuer_id: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+    /// Why (an RFC 5280 reason name), if it was revoked.
+    pub revocation_reason: Option<String>,
+}
+
 /// An issued leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateRecord {
@@ -865,6 +876,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// One certificate by serial.
     async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
+    /// What OCSP answers from: a certificate's issuer and revocation, without the rest of its row.
+    async fn certificate_status(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<CertificateStatus>, StoreError>;
     /// Certificates matching `filter`, newest first.
     async fn list_certificates(
         &self,

@@ -14,10 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{
     AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind,
-    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord, ChainedAudit,
-    ChangeHook, CheckpointSigner, CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance,
-    IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError,
-    TokenRecord, sql,
+    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord,
+    CertificateStatus, ChainedAudit, ChangeHook, CheckpointSigner, CrlDraft, CrlRecord, CrlSigner,
+    CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa,
+    RevokedEntry, Store, StoreError, TokenRecord, sql,
 };
 use crate::duration::HumanDuration;
 use crate::pki::Serial;

@@ -949,6 +949,24 @@ macro_rules! sql_store {
                 row.as_ref().map(certificate_from_row).transpose()
             }
 
+            async fn certificate_status(
+                &self,
+                serial: &Serial,
+            ) -> Result<Option<CertificateStatus>, StoreError> {
+                let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+                    "SELECT issuer_id, revoked_at, revocation_reason FROM certificates \
+                     WHERE serial = $1",
+                )
+                .bind(serial.to_hex())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(issuer_id, revoked_at, revocation_reason)| CertificateStatus {
+                    issuer_id,
+                    revoked_at,
+                    revocation_reason,
+                }))
+            }
+
             async fn list_certificates(
                 &self,
                 f: &CertificateFilter,

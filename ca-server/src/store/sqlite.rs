@@ -15,9 +15,10 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::{
     AcmeAccount, AcmeEabKey, AcmeOrderRow, AuditCheckpoint, AuditEntry, AuditResult, AuthorityKind,
-    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord, ChainedAudit,
-    CheckpointSigner, CrlDraft, CrlRecord, CrlSigner, CrossCertificate, Issuance, IssuedVia,
-    IssuerLeaves, JobClaim, NewAuthority, NewCa, RevokedEntry, Store, StoreError, TokenRecord, sql,
+    AuthorityRecord, CaSettings, CertStatus, CertificateFilter, CertificateRecord,
+    CertificateStatus, ChainedAudit, CheckpointSigner, CrlDraft, CrlRecord, CrlSigner,
+    CrossCertificate, Issuance, IssuedVia, IssuerLeaves, JobClaim, NewAuthority, NewCa,
+    RevokedEntry, Store, StoreError, TokenRecord, sql,
 };
 use crate::pki::Serial;
 
