@@ -7,7 +7,8 @@
 //! optional statement that lets the CRL transaction, which signs, outlive the idle timeout) and a
 //! `pool` field on the store; the tokens given to the macro are the backend's own trait methods,
 //! which include `commit_issuances` (SQLite runs a batch on its writer thread, PostgreSQL one
-//! statement per item; both use the statements and the refusal rule defined here).
+//! statement per item; both use the statements and the refusal rule defined here) and
+//! `reserve_serials` (a block on SQLite's writer thread, or in one PostgreSQL statement).
 //!
 //! Rules the shared statements keep on both backends: no statement inside a batch is allowed to
 //! fail (PostgreSQL aborts the whole transaction on a failed statement), so conflicts are

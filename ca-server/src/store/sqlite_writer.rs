@@ -1,7 +1,8 @@
 //! SQLite's issuance writer: one connection on a thread of its own runs a whole batch of
 //! issuances (token uses, certificate rows, audit entries and the audit head) as one
-//! transaction, and so does a block of serial reservations. sqlx hands every statement to its connection's thread and back, so a batch
-//! cost two thread switches per statement; here it costs one hand-off for the whole batch.
+//! transaction, and so does a block of serial reservations. sqlx hands every statement to its
+//! connection's thread and back, so a batch cost two thread switches per statement; here it
+//! costs one hand-off for the whole batch.
 //!
 //! The statements and the refusal rules are the ones the sqlx path uses ([`super::sql`]), and
 //! the invariants those of [`super::Store::commit_issuances`], checked by the same conformance
