@@ -163,16 +163,15 @@ fn commit(conn: &mut Connection, batch: &[Issuance]) -> Outcome {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(store_error)?;
     let mut chain = tx
-        .query_row(
-            "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
-            [],
-            |r| {
+        .prepare_cached("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
+        .and_then(|mut s| {
+            s.query_row([], |r| {
                 Ok(Chain {
                     last_id: r.get(0)?,
                     last_hash: r.get(1)?,
                 })
-            },
-        )
+            })
+        })
         .map_err(store_error)?;
     let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
     for i in sql::commit_order(batch) {
