@@ -260,16 +260,13 @@ async fn commit_issuances_in(
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut tx = pool.begin().await?;
     let mut chain = lock_chain(&mut tx).await?;
-    let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    let mut done = Vec::with_capacity(batch.len());
     for i in sql::commit_order(batch) {
-        results[i] = Some(commit_one(&mut tx, &mut chain, &batch[i]).await?);
+        done.push((i, commit_one(&mut tx, &mut chain, &batch[i]).await?));
     }
     save_chain(&mut tx, &chain).await?;
     tx.commit().await?;
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Commit("item skipped".into()))))
-        .collect())
+    Ok(sql::in_batch_order(done))
 }
 
 sql_store!(PgStore, sqlx::Postgres, {

@@ -120,6 +120,12 @@ pub(super) fn commit_order(batch: &[super::Issuance]) -> Vec<usize> {
     order
 }
 
+/// Item outcomes produced in [`commit_order`], each with its index, back in batch order.
+pub(super) fn in_batch_order<T>(mut done: Vec<(usize, T)>) -> Vec<T> {
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
 /// Checks the applied schema against the migrations this build embeds: `SchemaTooNew` when the
 /// database is ahead, `SchemaOutdated` when it is behind.
 pub(super) fn check_schema_version(

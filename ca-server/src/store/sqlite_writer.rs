@@ -173,21 +173,21 @@ fn commit(conn: &mut Connection, batch: &[Issuance]) -> Outcome {
             })
         })
         .map_err(store_error)?;
-    let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    let mut done = Vec::with_capacity(batch.len());
     for i in sql::commit_order(batch) {
-        results[i] = Some(commit_one(&tx, &mut chain, &batch[i]).map_err(store_error)?);
+        done.push((
+            i,
+            commit_one(&tx, &mut chain, &batch[i]).map_err(store_error)?,
+        ));
     }
     tx.prepare_cached(sql::SAVE_CHAIN)
         .and_then(|mut s| s.execute(params![chain.last_id, chain.last_hash]))
         .map_err(store_error)?;
     tx.commit().map_err(store_error)?;
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Commit("item skipped".into()))))
-        .collect())
+    Ok(sql::in_batch_order(done))
 }
 
-/// One item, as the sqlx path's `commit_one`: spend the token's use, insert the row, append
+/// One item, as PostgreSQL's `commit_one`: spend the token's use, insert the row, append
 /// the audit entry; a refused item gives its use back and leaves nothing.
 fn commit_one(
     tx: &rusqlite::Transaction<'_>,
