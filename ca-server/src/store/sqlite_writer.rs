@@ -117,20 +117,13 @@ impl BatchWriter {
 fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
     let mut conn = Some(conn);
     for job in jobs {
+        let open = conn.as_mut().ok_or_else(stopped);
         match job {
             Job::Batch(batch, reply) => {
-                let outcome = match conn.as_mut() {
-                    Some(c) => commit(c, &batch),
-                    None => Err(stopped()),
-                };
-                let _ = reply.send(outcome);
+                let _ = reply.send(open.and_then(|c| commit(c, &batch)));
             }
             Job::Reserve(serials, at, reply) => {
-                let outcome = match conn.as_mut() {
-                    Some(c) => reserve(c, &serials, at),
-                    None => Err(stopped()),
-                };
-                let _ = reply.send(outcome);
+                let _ = reply.send(open.and_then(|c| reserve(c, &serials, at)));
             }
             Job::Stop(done) => {
                 drop(conn.take());
