@@ -894,6 +894,20 @@ pub(crate) mod testing {
     /// policies/example.toml.
     pub(crate) const POLICY: &str = include_str!("../../../policies/example.toml");
 
+    /// Every certificate of environment `env` in `ca`'s store.
+    pub(crate) async fn certificates_in(
+        ca: &super::Ca,
+        env: &str,
+    ) -> Vec<crate::store::CertificateRecord> {
+        ca.store()
+            .list_certificates(&crate::store::CertificateFilter {
+                env: Some(env.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+    }
+
     /// PEM of a CSR for a fresh P-256 key that asks for nothing beyond its key.
     pub(crate) fn p256_csr_pem() -> String {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");

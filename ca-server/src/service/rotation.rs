@@ -986,7 +986,7 @@ fn rotation_audit(
 mod tests {
     use super::*;
     use crate::service::TLS_ID;
-    use crate::service::testing::replicas;
+    use crate::service::testing::{certificates_in, replicas};
 
     fn rec(id: &str, kind: AuthorityKind, env: Option<&str>, generation: i64) -> AuthorityRecord {
         AuthorityRecord {
@@ -1308,16 +1308,7 @@ mod tests {
             ("dev".to_string(), None),
             "an active issuer"
         );
-        let dev_certificates = || async {
-            a.store()
-                .list_certificates(&crate::store::CertificateFilter {
-                    env: Some("dev".into()),
-                    ..Default::default()
-                })
-                .await
-                .expect("list")
-        };
-        let signed_by_dev = dev_certificates().await.len();
+        let signed_by_dev = certificates_in(&a, "dev").await.len();
         a.rotate(rotate_env("dev", true)).await.expect("rotate");
         // b has not re-read the issuers and signs with the revoked one first; the commit
         // refuses that certificate, b refreshes its view and signs with dev.2.
@@ -1329,7 +1320,7 @@ mod tests {
             "b's view is stale"
         );
         assert_eq!(enrolled().await, ("dev.2".to_string(), None));
-        let after = dev_certificates().await;
+        let after = certificates_in(&a, "dev").await;
         assert_eq!(after.len(), signed_by_dev + 1, "one certificate stored");
         assert_eq!(
             after.iter().filter(|c| c.issuer_id == "dev").count(),

@@ -279,7 +279,7 @@ impl Ca {
 mod tests {
     use super::*;
     use crate::service::EnrollInput;
-    use crate::service::testing::{p256_csr_pem, replicas};
+    use crate::service::testing::{certificates_in, p256_csr_pem, replicas};
 
     #[tokio::test]
     async fn a_ci_token_kept_by_one_server_is_refused_once_revoked_or_used_up_on_another() {
@@ -307,16 +307,7 @@ mod tests {
             .await
             .map(drop)
         }
-        let stored = || async {
-            a.store()
-                .list_certificates(&crate::store::CertificateFilter {
-                    env: Some("ci".into()),
-                    ..Default::default()
-                })
-                .await
-                .expect("list")
-                .len()
-        };
+        let stored = || async { certificates_in(&a, "ci").await.len() };
 
         // Revoked on b after a has kept it.
         let revoked = mint(5).await.expect("token");
